@@ -125,9 +125,7 @@ def verify_files(folder: Path, manifest: Manifest) -> list[str]:
     """Every difference between the files on disk and the manifest, as human-readable lines."""
     problems: list[str] = []
     on_disk = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.name != MANIFEST_NAME
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
     }
     for rel, expected in sorted(manifest.files.items()):
         file = folder / rel

@@ -1,0 +1,260 @@
+"""`refinery scan`: run quality checks over the training records and store findings in the catalog.
+
+Every check returns one finding per record (score in [0, 1], flag, reason) and, for duplicate checks, the
+clusters with their kept member. A failing check is recorded in the scan summary instead of aborting the
+scan. A scan's id derives from the record set and its config, so rerunning an unchanged scan is free, and
+a scan killed half-way is redone cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
+from schemas.catalog import Catalog, add_lineage_edge, utcnow
+from schemas.ids import artifact_id, canonical_json, sha256_text
+from schemas.progress import log, progress
+
+
+class ScanError(Exception):
+    """The scan cannot run (bad config, no records)."""
+
+
+@dataclass(frozen=True)
+class ScanRecord:
+    record_id: str
+    prompt: str
+    response: str
+    label: str | None
+    rank: KeepRank
+
+
+@dataclass(frozen=True)
+class Finding:
+    record_id: str
+    score: float  # direction documented per check
+    flagged: bool
+    reason: str | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass
+class CheckOutput:
+    findings: list[Finding]
+    clusters: list[DuplicateCluster] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+CheckFn = Callable[[Sequence[ScanRecord]], CheckOutput]
+
+
+def _duplicate_output(
+    records: Sequence[ScanRecord], clusters: list[DuplicateCluster], what: str
+) -> CheckOutput:
+    by_member: dict[str, DuplicateCluster] = {m: c for c in clusters for m in c.members}
+    findings = []
+    for rec in records:
+        cluster = by_member.get(rec.record_id)
+        if cluster is None or cluster.kept == rec.record_id:
+            findings.append(Finding(rec.record_id, 0.0, False))
+        else:
+            findings.append(
+                Finding(
+                    rec.record_id,
+                    1.0,
+                    True,
+                    f"{what} of {cluster.kept} (kept: {cluster.keep_reason})",
+                    {"cluster_id": cluster.cluster_id, "kept_record_id": cluster.kept},
+                )
+            )
+    removed = sum(len(c.removed) for c in clusters)
+    return CheckOutput(findings, clusters, {"clusters": len(clusters), "duplicates": removed})
+
+
+def check_exact(records: Sequence[ScanRecord]) -> CheckOutput:
+    """Score 1.0 = this record duplicates another after normalisation and is not the kept one; else 0.0."""
+    ranks = {r.record_id: r.rank for r in records}
+    clusters = cluster_exact(((r.record_id, dedup_key(r.prompt, r.response)) for r in records), ranks, "xd_")
+    return _duplicate_output(records, clusters, "exact duplicate (normalised text)")
+
+
+def check_exact_prompt(records: Sequence[ScanRecord]) -> CheckOutput:
+    """Score 1.0 = another record asks the same prompt (after normalisation). Such records are not removed:
+    the same prompt with a different answer is a conflict for review, with the same answer an exact duplicate.
+    """
+    ranks = {r.record_id: r.rank for r in records}
+    clusters = cluster_exact(((r.record_id, dedup_key(r.prompt)) for r in records), ranks, "xp_")
+    by_member = {m: c for c in clusters for m in c.members}
+    findings = []
+    conflicts = 0
+    for rec in records:
+        cluster = by_member.get(rec.record_id)
+        if cluster is None:
+            findings.append(Finding(rec.record_id, 0.0, False))
+            continue
+        others = len(cluster.members) - 1
+        findings.append(
+            Finding(
+                rec.record_id,
+                1.0,
+                True,
+                f"same prompt as {others} other record(s) (cluster {cluster.cluster_id})",
+                {"cluster_id": cluster.cluster_id, "kept_record_id": cluster.kept},
+            )
+        )
+    responses: dict[str, set[str]] = {}
+    response_of = {r.record_id: dedup_key(r.response) for r in records}
+    for c in clusters:
+        responses[c.cluster_id] = {response_of[m] for m in c.members}
+        conflicts += len(responses[c.cluster_id]) > 1
+    summary = {
+        "clusters": len(clusters),
+        "duplicates": sum(len(c.removed) for c in clusters),
+        "clusters_with_different_responses": conflicts,
+    }
+    return CheckOutput(findings, clusters, summary)
+
+
+#: The check registry: name -> function. Later checks (near_dup, outlier, ...) register here.
+CHECKS: dict[str, CheckFn] = {"exact": check_exact, "exact_prompt": check_exact_prompt}
+DEFAULT_CHECKS = ("exact", "exact_prompt")
+
+
+@dataclass
+class ScanResult:
+    scan_id: str
+    records: int
+    seconds: float
+    checks: dict[str, dict[str, Any]]
+    reused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scan_id": self.scan_id, "records": self.records, "seconds": self.seconds}
+        out.update(self.checks)
+        out["reused"] = self.reused
+        return out
+
+
+def load_training_records(catalog: Catalog) -> list[ScanRecord]:
+    """Records with at least one training source row, each with the rank used to pick kept members."""
+    sql = """
+        WITH first_source AS (
+            SELECT s.record_id,
+                   min(struct_pack(t := strftime(b.started_at, '%Y-%m-%dT%H:%M:%S.%f'), r := s.row,
+                                   i := s.sub_index)) AS first
+            FROM source_rows s JOIN ingest_batches b USING (batch_id)
+            WHERE b.purpose = 'train'
+            GROUP BY s.record_id
+        )
+        SELECT r.record_id, r.prompt, r.response, r.label, f.first.t, f.first.r, f.first.i
+        FROM records r JOIN first_source f USING (record_id)
+        ORDER BY r.record_id
+    """
+    with catalog.read() as con:
+        rows = con.execute(sql).fetchall()
+    return [
+        ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
+        for rid, prompt, response, label, t, row, sub in rows
+    ]
+
+
+def run_scan(catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS) -> ScanResult:
+    unknown = [c for c in checks if c not in CHECKS]
+    if unknown:
+        raise ScanError(f"unknown check(s) {', '.join(unknown)}; available: {', '.join(sorted(CHECKS))}")
+    started = time.monotonic()
+    records = load_training_records(catalog)
+    if not records:
+        raise ScanError("no training records in the catalog: run `refinery ingest` first")
+    config = {"checks": sorted(checks)}
+    records_hash = sha256_text("\n".join(r.record_id for r in records))
+    scan_id = artifact_id("scan", {"records": records_hash, "config": config})
+    with catalog.read() as con:
+        row = con.execute("SELECT status, summary_json FROM scans WHERE scan_id = ?", [scan_id]).fetchone()
+    if row is not None and row[0] == "complete":
+        return ScanResult(scan_id, len(records), time.monotonic() - started, json.loads(row[1]), reused=True)
+    with catalog.write() as con:
+        _delete_scan_rows(con, scan_id)
+        con.execute(
+            "INSERT INTO scans (scan_id, status, config_json, records, started_at) "
+            "VALUES (?, 'running', ?, ?, ?)",
+            [scan_id, canonical_json(config), len(records), utcnow()],
+        )
+    summary: dict[str, dict[str, Any]] = {}
+    with progress("scan", total=len(checks)) as bar:
+        for name in sorted(checks):
+            bar.set_description(f"scan: {name}")
+            try:
+                output = CHECKS[name](records)
+            except Exception as exc:  # one broken check must not sink the scan
+                summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
+                log(f"[red]check {name} failed[/red]: {exc}")
+                bar.advance()
+                continue
+            _store_check(catalog, scan_id, name, output)
+            flagged = sum(f.flagged for f in output.findings)
+            summary[name] = {**output.summary, "flagged": flagged}
+            bar.advance()
+    with catalog.write() as con:
+        con.execute(
+            "UPDATE scans SET status = 'complete', summary_json = ?, finished_at = ? WHERE scan_id = ?",
+            [canonical_json(summary), utcnow(), scan_id],
+        )
+        batches = con.execute(
+            "SELECT DISTINCT batch_id FROM source_rows JOIN ingest_batches USING (batch_id) "
+            "WHERE purpose = 'train'"
+        ).fetchall()
+        for (batch_id,) in batches:
+            add_lineage_edge(con, scan_id, "scan", batch_id, "batch", "scanned")
+    return ScanResult(scan_id, len(records), round(time.monotonic() - started, 3), summary)
+
+
+def _delete_scan_rows(con: Any, scan_id: str) -> None:
+    for table in ("findings", "duplicate_members", "scans"):
+        con.execute(f"DELETE FROM {table} WHERE scan_id = ?", [scan_id])
+
+
+def _store_check(catalog: Catalog, scan_id: str, name: str, output: CheckOutput) -> None:
+    findings = pa.table(
+        {
+            "scan_id": [scan_id] * len(output.findings),
+            "record_id": [f.record_id for f in output.findings],
+            "check_name": [name] * len(output.findings),
+            "score": [float(f.score) for f in output.findings],
+            "flagged": [f.flagged for f in output.findings],
+            "reason": [f.reason for f in output.findings],
+            "details_json": [canonical_json(f.details) if f.details else None for f in output.findings],
+        }
+    )
+    members = [(c, m) for c in output.clusters for m in c.members]
+    dup = pa.table(
+        {
+            "scan_id": [scan_id] * len(members),
+            "check_name": [name] * len(members),
+            "cluster_id": [c.cluster_id for c, _ in members],
+            "record_id": [m for _, m in members],
+            "kept_record_id": [c.kept for c, _ in members],
+            "is_kept": [m == c.kept for c, m in members],
+            "similarity": [1.0] * len(members),
+            "keep_reason": [c.keep_reason for c, _ in members],
+        }
+    )
+    with catalog.write() as con:
+        con.register("findings_chunk", findings)
+        con.execute("INSERT INTO findings SELECT * FROM findings_chunk")
+        con.unregister("findings_chunk")
+        if members:
+            con.register("dup_chunk", dup)
+            con.execute(
+                "INSERT INTO duplicate_members (scan_id, check_name, cluster_id, record_id, kept_record_id, "
+                "is_kept, similarity, keep_reason) SELECT scan_id, check_name, cluster_id, record_id, "
+                "kept_record_id, is_kept, similarity, keep_reason FROM dup_chunk"
+            )
+            con.unregister("dup_chunk")

@@ -1,0 +1,268 @@
+"""Run an eval: every system on the same examples, per-example rows, metrics, timings and the gate verdict.
+
+Systems: "adapter" (base + peft adapter, the example's own prompt), "base_zero_shot" (instruction + label
+set), "base_few_shot" (instruction + k solved training examples as prior chat turns) and, for
+classification, "base_label_ranking" (the label with the highest log-likelihood under the zero-shot prompt:
+always an answer from the set, the fairest zero-shot baseline for a small model). The base model is loaded
+once; base systems run inside peft's ``disable_adapter()`` so they really see no adapter weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from eval.baselines import adapter_messages, few_shot_messages, select_shots, zero_shot_messages
+from eval.examples import EvalExample, EvalTask, eval_set_hash
+from eval.gate import GateThresholds, GateVerdict, decide
+from eval.generation import (
+    Model,
+    Tokenizer,
+    generate_greedy,
+    label_loglikelihood_ranking,
+    load_model,
+    render_prompts,
+)
+from eval.metrics import exact_match, system_metrics
+
+ADAPTER = "adapter"
+BASE_ZERO_SHOT = "base_zero_shot"
+BASE_FEW_SHOT = "base_few_shot"
+BASE_LABEL_RANKING = "base_label_ranking"
+ALL_SYSTEMS = (ADAPTER, BASE_ZERO_SHOT, BASE_FEW_SHOT, BASE_LABEL_RANKING)
+
+
+class EvalConfig(BaseModel):
+    """How an eval run is carried out (the task says what is scored)."""
+
+    systems: list[str] = Field(
+        default_factory=lambda: list(ALL_SYSTEMS),
+        description="Systems to run; the adapter and at least one baseline are required for a verdict. "
+        "base_label_ranking is skipped for tasks without a label set.",
+    )
+    few_shot_k: int | None = Field(
+        default=None,
+        ge=0,
+        description="Shots for base_few_shot; default: one per label up to 8 (classification), else 8.",
+    )
+    seed: int = Field(default=0, description="Seed of the shot draw (and of the bootstrap, via thresholds).")
+    batch_size: int = Field(default=16, ge=1, description="Conversations per generate() call.")
+    ranking_batch_size: int = Field(default=8, ge=1, description="Prompts per label-ranking pass.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Generation budget; default: the task's, else longest label + 4 tokens."
+    )
+    thresholds: GateThresholds = Field(default_factory=GateThresholds)
+
+    @field_validator("systems")
+    @classmethod
+    def _check_systems(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(ALL_SYSTEMS))
+        if unknown:
+            raise ValueError(f"unknown systems {unknown}; known: {', '.join(ALL_SYSTEMS)}")
+        if ADAPTER not in value or len(set(value)) < 2:
+            raise ValueError("systems must include 'adapter' and at least one baseline")
+        return list(dict.fromkeys(value))
+
+
+class SystemResult(BaseModel):
+    name: str
+    prompts: list[str] = Field(description="Rendered prompt text per example (chat template applied).")
+    predictions: list[str]
+    correct: list[bool]
+    metrics: dict[str, float]
+    seconds: float
+    examples_per_s: float
+
+
+class EvalRow(BaseModel):
+    """One row of per-example results (the eval_results table)."""
+
+    system: str
+    example_index: int
+    record_id: str | None
+    prompt: str
+    prediction: str
+    reference: str
+    correct: bool
+
+
+class EvalReport(BaseModel):
+    eval_set_hash: str
+    task: EvalTask
+    config: EvalConfig
+    base_path: str
+    adapter_path: str
+    example_indices: list[int]
+    record_ids: list[str | None]
+    references: list[str]
+    shot_record_ids: list[str | None] = Field(description="Training examples used as few-shot turns.")
+    systems: dict[str, SystemResult]
+    verdict: GateVerdict
+
+    def rows(self) -> Iterator[EvalRow]:
+        for name, result in self.systems.items():
+            for i, index in enumerate(self.example_indices):
+                yield EvalRow(
+                    system=name,
+                    example_index=index,
+                    record_id=self.record_ids[i],
+                    prompt=result.prompts[i],
+                    prediction=result.predictions[i],
+                    reference=self.references[i],
+                    correct=result.correct[i],
+                )
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-ready data: the verdict and its evidence, per-system metrics and timings."""
+        v = self.verdict
+        return {
+            "verdict": v.verdict,
+            "metric": v.metric,
+            "adapter": v.adapter_score,
+            "baselines": v.baselines,
+            "strongest_baseline": v.strongest_baseline,
+            "diff": v.diff,
+            "ci_low": v.ci_low,
+            "ci_high": v.ci_high,
+            "confidence": v.confidence,
+            "p_value": v.p_value,
+            "test": v.test,
+            "contaminated": v.contaminated,
+            "reason": v.reason,
+            "thresholds": v.thresholds.model_dump(),
+            "n_examples": len(self.example_indices),
+            "eval_set_hash": self.eval_set_hash,
+            "task": self.task.model_dump(mode="json"),
+            "config": self.config.model_dump(mode="json"),
+            "base_path": self.base_path,
+            "adapter_path": self.adapter_path,
+            "shot_record_ids": self.shot_record_ids,
+            "systems": {
+                name: {**r.metrics, "seconds": r.seconds, "examples_per_s": r.examples_per_s}
+                for name, r in self.systems.items()
+            },
+        }
+
+
+def _base_only(model: Model) -> contextlib.AbstractContextManager[Any]:
+    """Run the wrapped base model with every adapter layer bypassed."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        raise TypeError("expected a peft model; base systems must run with the adapter disabled")
+    return disable()  # type: ignore[no-any-return]
+
+
+def default_max_new_tokens(task: EvalTask, tokenizer: Tokenizer) -> int:
+    if task.max_new_tokens is not None:
+        return task.max_new_tokens
+    if task.has_labels:
+        longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels)
+        return longest + 4  # room for the end-of-turn token and a little slack to see over-long answers
+    return 32
+
+
+def default_few_shot_k(task: EvalTask) -> int:
+    return min(len(task.labels), 8) if task.has_labels else 8
+
+
+def _timed(
+    name: str,
+    conversations: list[list[dict[str, str]]],
+    answer: Callable[[], list[str]],
+    tokenizer: Tokenizer,
+    references: Sequence[str],
+    task: EvalTask,
+) -> SystemResult:
+    prompts = render_prompts(tokenizer, conversations)
+    started = time.perf_counter()
+    predictions = answer()
+    seconds = time.perf_counter() - started
+    return SystemResult(
+        name=name,
+        prompts=prompts,
+        predictions=predictions,
+        correct=[exact_match(p, r) for p, r in zip(predictions, references, strict=True)],
+        metrics=system_metrics(predictions, references, task.labels if task.has_labels else None),
+        seconds=seconds,
+        examples_per_s=len(predictions) / seconds if seconds > 0 else float("inf"),
+    )
+
+
+def run_eval(
+    base_path: Path | str,
+    adapter_path: Path | str,
+    examples: Sequence[EvalExample],
+    task: EvalTask,
+    shots_pool: Sequence[EvalExample],
+    config: EvalConfig | None = None,
+    contaminated: bool = False,
+) -> EvalReport:
+    """Evaluate the adapter and the base-model baselines on ``examples``; return the report with the verdict.
+
+    ``shots_pool`` is the training split the few-shot examples are drawn from (never the eval set: any shot
+    equal to an eval example is excluded). ``contaminated`` (the eval set overlaps training data, as found by
+    decontamination) makes the verdict fail whatever the scores.
+    """
+    config = config or EvalConfig()
+    task.check_examples(examples)
+    systems = [s for s in config.systems if s != BASE_LABEL_RANKING or task.has_labels]
+    if len(systems) < 2:
+        raise ValueError("no baseline left to compare with (base_label_ranking needs a label set)")
+    references = [e.reference for e in examples]
+    model, tokenizer = load_model(base_path, adapter_path)
+    max_new = config.max_new_tokens or default_max_new_tokens(task, tokenizer)
+    k = config.few_shot_k if config.few_shot_k is not None else default_few_shot_k(task)
+    shots = select_shots(shots_pool, k, seed=config.seed, task=task, exclude=examples)
+
+    def generate(convs: list[list[dict[str, str]]], label: str) -> Callable[[], list[str]]:
+        return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=label)
+
+    results: dict[str, SystemResult] = {}
+    for name in systems:
+        if name == ADAPTER:
+            convs = [adapter_messages(e) for e in examples]
+            results[name] = _timed(name, convs, generate(convs, name), tokenizer, references, task)
+            continue
+        if name == BASE_ZERO_SHOT:
+            convs = [zero_shot_messages(e, task) for e in examples]
+            answer = generate(convs, name)
+        elif name == BASE_FEW_SHOT:
+            convs = [few_shot_messages(e, shots, task) for e in examples]
+            answer = generate(convs, name)
+        else:
+            convs = [zero_shot_messages(e, task) for e in examples]
+            ranking_convs = convs
+
+            def answer() -> list[str]:
+                return label_loglikelihood_ranking(
+                    model, tokenizer, ranking_convs, task.labels, config.ranking_batch_size
+                )
+
+        with _base_only(model):
+            results[name] = _timed(name, convs, answer, tokenizer, references, task)
+
+    verdict = decide(
+        results[ADAPTER].correct,
+        {name: r.correct for name, r in results.items() if name != ADAPTER},
+        config.thresholds,
+        contaminated=contaminated,
+        metric=task.metric,
+    )
+    return EvalReport(
+        eval_set_hash=eval_set_hash(examples),
+        task=task,
+        config=config,
+        base_path=str(base_path),
+        adapter_path=str(adapter_path),
+        example_indices=[e.example_index for e in examples],
+        record_ids=[e.record_id for e in examples],
+        references=references,
+        shot_record_ids=[s.record_id for s in shots],
+        systems=results,
+        verdict=verdict,
+    )

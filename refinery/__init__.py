@@ -1,0 +1,1 @@
+"""Refinery's application layer: CLI, HTTP service, pipeline orchestration, configuration loading."""

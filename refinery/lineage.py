@@ -1,0 +1,198 @@
+"""`refinery lineage ID`: the chain from an eval run or adapter back to source files and row numbers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from schemas.catalog import Catalog
+from schemas.ids import kind_of
+
+
+class LineageError(Exception):
+    """The id is unknown or names nothing in the catalog."""
+
+
+def lineage(catalog: Catalog, identifier: str) -> dict[str, Any]:
+    """A nested dict: each node has ``kind``, ``id``, a few facts and ``parents`` (list of nodes)."""
+    kind = kind_of(identifier)
+    builders = {
+        "eval": _eval_node,
+        "adapter": _adapter_node,
+        "snapshot": _snapshot_node,
+        "scan": _scan_node,
+        "batch": _batch_node,
+        "record": _record_node,
+    }
+    if kind not in builders:
+        raise LineageError(
+            f"{identifier!r} is not an id Refinery knows (expected rec_, batch_, scan_, snap_, adp_ or eval_ prefix)"
+        )
+    return builders[kind](catalog, identifier)
+
+
+def _one(catalog: Catalog, sql: str, params: list[Any], what: str) -> dict[str, Any]:
+    rows = catalog.query(sql, params)
+    if not rows:
+        raise LineageError(f"no {what} {params[0]} in the catalog")
+    return rows[0]
+
+
+def _eval_node(catalog: Catalog, eval_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM eval_runs WHERE eval_id = ?", [eval_id], "eval run")
+    return {
+        "kind": "eval",
+        "id": eval_id,
+        "verdict": row["verdict"],
+        "metric": row["metric"],
+        "adapter_score": row["adapter_score"],
+        "baselines": json.loads(row["baselines_json"]),
+        "ci": [row["ci_low"], row["ci_high"]],
+        "eval_set": row["eval_set"],
+        "eval_set_hash": row["eval_set_hash"],
+        "reason": row["reason"],
+        "parents": [_adapter_node(catalog, row["adapter_id"])],
+    }
+
+
+def _adapter_node(catalog: Catalog, adapter_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM adapters WHERE adapter_id = ?", [adapter_id], "adapter")
+    base = catalog.query("SELECT * FROM base_models WHERE base_model_id = ?", [row["base_model_id"]])
+    verdicts = catalog.query(
+        "SELECT eval_id, verdict, metric, adapter_score FROM eval_runs WHERE adapter_id = ? ORDER BY created_at",
+        [adapter_id],
+    )
+    return {
+        "kind": "adapter",
+        "id": adapter_id,
+        "path": row["path"],
+        "train_loss": row["train_loss"],
+        "val_loss": row["val_loss"],
+        "base_model": {
+            "id": row["base_model_id"],
+            **({"source": base[0]["source"], "sha256": base[0]["sha256"]} if base else {}),
+        },
+        "verdicts": verdicts,
+        "parents": [_snapshot_node(catalog, row["snapshot_id"])],
+    }
+
+
+def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM snapshots WHERE snapshot_id = ?", [snapshot_id], "snapshot")
+    parents = []
+    if row["scan_id"]:
+        parents.append(_scan_node(catalog, row["scan_id"]))
+    batches = catalog.query(
+        "SELECT parent_id FROM lineage_edges WHERE child_id = ? AND parent_kind = 'batch' ORDER BY parent_id",
+        [snapshot_id],
+    )
+    for b in batches:
+        parents.append(_batch_node(catalog, b["parent_id"], snapshot_id=snapshot_id))
+    if row["parent_id"]:
+        parents.append({"kind": "snapshot", "id": row["parent_id"], "relation": "parent", "parents": []})
+    return {
+        "kind": "snapshot",
+        "id": snapshot_id,
+        "path": row["path"],
+        "counts": {"train": row["train"], "validation": row["validation"], "test": row["test"]},
+        "parents": parents,
+    }
+
+
+def _scan_node(catalog: Catalog, scan_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM scans WHERE scan_id = ?", [scan_id], "scan")
+    return {
+        "kind": "scan",
+        "id": scan_id,
+        "records": row["records"],
+        "config": json.loads(row["config_json"]),
+        "summary": {
+            k: {kk: vv for kk, vv in v.items() if kk != "trace"}
+            for k, v in json.loads(row["summary_json"] or "{}").items()
+        },
+        "parents": [],
+    }
+
+
+def _batch_node(catalog: Catalog, batch_id: str, snapshot_id: str | None = None) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM ingest_batches WHERE batch_id = ?", [batch_id], "ingest batch")
+    if snapshot_id is None:
+        files = catalog.query(
+            "SELECT file, count(*) AS rows, min(row) AS first_row, max(row) AS last_row FROM source_rows "
+            "WHERE batch_id = ? GROUP BY file ORDER BY file",
+            [batch_id],
+        )
+    else:
+        files = catalog.query(
+            "SELECT s.file, count(*) AS rows, min(s.row) AS first_row, max(s.row) AS last_row "
+            "FROM source_rows s JOIN snapshot_members m USING (record_id) "
+            "WHERE s.batch_id = ? AND m.snapshot_id = ? GROUP BY s.file ORDER BY s.file",
+            [batch_id, snapshot_id],
+        )
+    return {
+        "kind": "batch",
+        "id": batch_id,
+        "name": row["name"],
+        "purpose": row["purpose"],
+        "format": row["format"],
+        "rows_read": row["rows_read"],
+        "ingested": row["ingested"],
+        "quarantined": row["quarantined"],
+        "parents": [
+            {
+                "kind": "file",
+                "id": f["file"],
+                "rows": f["rows"],
+                "first_row": f["first_row"],
+                "last_row": f["last_row"],
+                "parents": [],
+            }
+            for f in files
+        ],
+    }
+
+
+def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM records WHERE record_id = ?", [record_id], "record")
+    sources = catalog.query(
+        "SELECT batch_id, batch_name, purpose, eval_set, file, row, sub_index FROM record_sources "
+        "WHERE record_id = ? ORDER BY file, row, sub_index",
+        [record_id],
+    )
+    used_in = catalog.query(
+        "SELECT m.snapshot_id, m.split, a.adapter_id FROM snapshot_members m "
+        "LEFT JOIN adapters a USING (snapshot_id) WHERE m.record_id = ? ORDER BY 1, 3",
+        [record_id],
+    )
+    return {
+        "kind": "record",
+        "id": record_id,
+        "prompt": row["prompt"][:200],
+        "response": row["response"][:200],
+        "label": row["label"],
+        "used_in": used_in,
+        "parents": [{"kind": "source_row", "id": f"{s['file']}:{s['row']}", **s, "parents": []} for s in sources],
+    }
+
+
+def render_lineage(node: dict[str, Any]) -> Any:
+    """A rich Tree of the lineage dict, for the terminal."""
+    from rich.tree import Tree
+
+    def label(n: dict[str, Any]) -> str:
+        facts = {k: v for k, v in n.items() if k not in ("kind", "id", "parents") and v not in (None, [], {})}
+        text = ", ".join(f"{k}={_short(v)}" for k, v in facts.items())
+        return f"[bold]{n['kind']}[/bold] {n['id']}" + (f"  [dim]{text}[/dim]" if text else "")
+
+    def add(tree: Tree, n: dict[str, Any]) -> None:
+        for parent in n.get("parents", []):
+            add(tree.add(label(parent)), parent)
+
+    root = Tree(label(node))
+    add(root, node)
+    return root
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 120 else text[:117] + "..."

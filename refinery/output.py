@@ -1,0 +1,117 @@
+"""How commands speak: exactly one JSON object on stdout with --json, tables otherwise; errors on stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # a failed check, gate or verification
+EXIT_USAGE = 2  # a usage or configuration error
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration, or a step run out of order: exit code 2."""
+
+
+class CheckFailed(Exception):
+    """A verification, gate or threshold failed: exit code 1."""
+
+
+def usage_errors() -> tuple[type[BaseException], ...]:
+    """Library exceptions that mean 'the user asked for something impossible' (exit 2)."""
+    from pydantic import ValidationError
+
+    from curation.scan import ScanError
+    from curation.snapshot import SnapshotError
+    from refinery.lineage import LineageError
+
+    found: list[type[BaseException]] = [UsageError, ScanError, SnapshotError, LineageError, ValidationError]
+    with contextlib.suppress(ImportError):
+        from curation.ingest.options import IngestConfigError
+
+        found.append(IngestConfigError)
+    with contextlib.suppress(ImportError):
+        from training.errors import TrainingConfigError  # type: ignore[import-not-found,unused-ignore]
+
+        found.append(TrainingConfigError)
+    return tuple(found)
+
+
+def failure_errors() -> tuple[type[BaseException], ...]:
+    from schemas.catalog import CatalogError
+    from schemas.manifest import ManifestError
+
+    return (CheckFailed, ManifestError, CatalogError)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """Map library exceptions to a one-line message on stderr and the documented exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except usage_errors() as exc:
+        stderr.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+        raise typer.Exit(EXIT_USAGE) from None
+    except failure_errors() as exc:
+        stderr.print(f"[red]failed:[/red] {_one_line(exc)}", highlight=False)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return " ".join(str(exc).split())
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, max_width: int = 80) -> None:
+    if not rows:
+        stdout.print("(no rows)")
+        return
+    table = Table(title=title, show_lines=False)
+    for name in rows[0]:
+        table.add_column(str(name), overflow="fold", max_width=max_width)
+    for row in rows:
+        table.add_row(*(_cell(v) for v in row.values()))
+    stdout.print(table)
+
+
+def print_facts(facts: dict[str, Any], title: str | None = None) -> None:
+    table = Table(title=title, show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in facts.items():
+        table.add_row(str(key), _cell(value))
+    stdout.print(table)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        text = value[:80].decode("utf-8", errors="replace")
+        return text + ("..." if len(value) > 80 else "")
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
