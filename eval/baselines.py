@@ -1,7 +1,8 @@
 """The prompts each system sees.
 
 - adapter: the example's own messages, unchanged (the adapter was fine-tuned on that format);
-- base zero-shot: an instruction (with the label set for classification) as the system turn, then the example;
+- base zero-shot: the example, its last user message wrapped in an instruction (with the label set for
+  classification) and an answer-format reminder;
 - base few-shot: the same instruction, then k solved training examples as prior user/assistant turns, then
   the example. Prior chat turns, not examples written inline: a small chat model follows them far better
   (measured on banking77 with SmolLM2-135M: 20% vs 0% accuracy).
@@ -24,13 +25,22 @@ Messages = list[dict[str, str]]
 def task_instruction(task: EvalTask) -> str:
     """The instruction given to the base model: the task's own, or a generic one for its kind."""
     if task.has_labels:
-        head = task.instruction or "Classify the user's message into exactly one of the following labels."
+        head = task.instruction or "Classify the customer message into exactly one of the following labels."
         listed = "\n".join(f"- {label}" for label in task.labels)
-        return (
-            f"{head}\n\nLabels:\n{listed}\n\n"
-            "Answer with the label only, written exactly as in the list, and nothing else."
-        )
-    return task.instruction or "Answer the user's request with the exact answer only, and nothing else."
+        return f"{head}\n\nLabels:\n{listed}"
+    return task.instruction or "Answer the request below with the exact answer only."
+
+
+def _answer_format(task: EvalTask) -> str:
+    if task.has_labels:
+        return "Answer with the label only, written exactly as in the list, and nothing else."
+    return "Answer with the exact answer only, and nothing else."
+
+
+def _instructed_user_turn(content: str, task: EvalTask) -> str:
+    # In the user turn, not a system turn: SmolLM2-135M ignored a system-turn instruction on banking77 (30 of
+    # 30 answers outside the label set); the format reminder comes last, closest to the answer.
+    return f"{task_instruction(task)}\n\nMessage:\n{content}\n\n{_answer_format(task)}"
 
 
 def _with_system(instruction: str, messages: Sequence[dict[str, str]]) -> Messages:
@@ -49,16 +59,22 @@ def adapter_messages(example: EvalExample) -> Messages:
 
 
 def zero_shot_messages(example: EvalExample, task: EvalTask) -> Messages:
-    return _with_system(task_instruction(task), example.messages) + _dialogue(example.messages)
+    """The example with the instruction (and label set) wrapped around its last user message."""
+    messages = example.messages_as_list()
+    users = [i for i, m in enumerate(messages) if m["role"] == "user"]
+    last_user = users[-1] if users else len(messages) - 1
+    messages[last_user] = {
+        **messages[last_user],
+        "content": _instructed_user_turn(messages[last_user]["content"], task),
+    }
+    return messages
 
 
-def few_shot_messages(
-    example: EvalExample, shots: Sequence[EvalExample], task: EvalTask | None = None
-) -> Messages:
+def few_shot_messages(example: EvalExample, shots: Sequence[EvalExample], task: EvalTask | None = None) -> Messages:
     """The task instruction (when a task is given), each shot as user turn(s) + its answer, then the example."""
     messages: Messages = []
     if task is not None:
-        messages += _with_system(task_instruction(task), example.messages)
+        messages += _with_system(f"{task_instruction(task)}\n\n{_answer_format(task)}", example.messages)
     else:
         messages += [dict(m) for m in example.messages if m["role"] == "system"]
     for shot in shots:
@@ -99,9 +115,7 @@ def select_shots(
             banned_ids.add(e.record_id)
         banned_prompts.add(_prompt_identity(e))
     candidates = [
-        e
-        for e in pool
-        if not (e.record_id and e.record_id in banned_ids) and _prompt_identity(e) not in banned_prompts
+        e for e in pool if not (e.record_id and e.record_id in banned_ids) and _prompt_identity(e) not in banned_prompts
     ]
     candidates.sort(key=lambda e: _shot_key(e, seed))
     if task is None or not task.has_labels:

@@ -95,9 +95,7 @@ def decide(
     baseline_scores = {name: sum(float(s) for s in v) / n for name, v in baselines.items()}
     strongest = _strongest(baseline_scores)
     reference = baselines[strongest]
-    ci = paired_bootstrap_ci(
-        adapter, reference, thresholds.n_resamples, thresholds.confidence, thresholds.seed
-    )
+    ci = paired_bootstrap_ci(adapter, reference, thresholds.n_resamples, thresholds.confidence, thresholds.seed)
     binary = is_binary(adapter) and is_binary(reference)
     p_value = mcnemar_exact(adapter, reference) if binary else sign_test(adapter, reference)
     test = "McNemar" if binary else "sign test"

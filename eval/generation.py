@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +58,7 @@ def load_model(base_path: Path | str, adapter_path: Path | str | None = None) ->
             from peft import PeftModel
         except ImportError as exc:  # pragma: no cover - depends on the environment
             raise ImportError(f"loading an adapter needs peft: {_INSTALL_HINT}") from exc
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)  # type: ignore[assignment]
     model.eval()
     prepare_tokenizer(tokenizer)
     return model, tokenizer
@@ -74,8 +75,7 @@ def prepare_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
 def render_prompts(tokenizer: Tokenizer, conversations: Sequence[Conversation]) -> list[str]:
     """The exact text each conversation is given to the model as (chat template + assistant header)."""
     return [
-        tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True)
-        for conv in conversations
+        tokenizer.apply_chat_template(list(conv), tokenize=False, add_generation_prompt=True) for conv in conversations
     ]
 
 
@@ -124,6 +124,56 @@ def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
     return ids, mask
 
 
+@dataclass(frozen=True)
+class _SharedPrefix:
+    """The token prefix every prompt starts with, run through the model once (cache None: no sharing)."""
+
+    ids: tuple[int, ...]
+    cache: Any
+
+    @property
+    def length(self) -> int:
+        return len(self.ids) if self.cache is not None else 0
+
+
+def _shared_prefix(model: Model, encoded: Sequence[Sequence[int]], min_tokens: int) -> _SharedPrefix:
+    """Few-shot prompts repeat the same instruction and shots before each example: computing that prefix's
+    key/value cache once and reusing it turns an 800-token prompt into a 40-token one per example."""
+    torch = _require_torch()
+    if len(encoded) < 2 or min_tokens <= 0:
+        return _SharedPrefix((), None)
+    first = encoded[0]
+    length = min(len(e) for e in encoded) - 1  # every prompt keeps at least one token of its own
+    for other in encoded[1:]:
+        same = 0
+        while same < length and other[same] == first[same]:
+            same += 1
+        length = same
+    if length < min_tokens:
+        return _SharedPrefix((), None)
+    out = model(input_ids=torch.tensor([first[:length]], dtype=torch.long), use_cache=True)
+    return _SharedPrefix(tuple(first[:length]), out.cache)
+
+
+def _prefixed_batch(rows: Sequence[Sequence[int]], prefix: _SharedPrefix, pad_id: int) -> tuple[Any, Any, Any]:
+    """Input ids and attention mask of the full prompts, plus a copy of the prefix cache per row (or None).
+
+    The suffixes are left-padded after the shared prefix, so padding sits in the middle: the attention mask
+    hides it and generate() derives each token's position from the mask, as it does for left padding.
+    """
+    torch = _require_torch()
+    suffix_ids, suffix_mask = _left_pad([r[prefix.length :] for r in rows], pad_id)
+    if prefix.cache is None:
+        return suffix_ids, suffix_mask, None
+    n = len(rows)
+    head = torch.tensor([prefix.ids], dtype=torch.long).expand(n, -1)
+    ids = torch.cat([head, suffix_ids], dim=1)
+    mask = torch.cat([torch.ones((n, prefix.length), dtype=torch.long), suffix_mask], dim=1)
+    cache = copy.deepcopy(prefix.cache)
+    cache.batch_repeat_interleave(n)
+    return ids, mask, cache
+
+
 def _greedy_kwargs(model: Model, tokenizer: Tokenizer, max_new_tokens: int) -> dict[str, Any]:
     from transformers import GenerationConfig
 
@@ -144,8 +194,13 @@ def generate_greedy(
     max_new_tokens: int = 16,
     batch_size: int = 16,
     description: str = "generate",
+    min_shared_prefix: int = 16,
 ) -> list[str]:
-    """Greedy answers to each conversation, batched; returned in input order, special tokens dropped."""
+    """Greedy answers to each conversation, batched; returned in input order, special tokens dropped.
+
+    When all prompts share a token prefix of at least ``min_shared_prefix`` tokens (few-shot prompts), its
+    key/value cache is computed once and reused by every batch; 0 turns that off.
+    """
     torch = _require_torch()
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -156,10 +211,12 @@ def generate_greedy(
     kwargs = _greedy_kwargs(model, tokenizer, max_new_tokens)
     answers = [""] * len(encoded)
     with progress(description, total=len(encoded)) as bar, torch.inference_mode():
+        prefix = _shared_prefix(model, encoded, min_shared_prefix)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
-            ids, mask = _left_pad([encoded[i] for i in batch], _pad_id(tokenizer))
-            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+            ids, mask, cache = _prefixed_batch([encoded[i] for i in batch], prefix, _pad_id(tokenizer))
+            extra = {} if cache is None else {"cache": cache}
+            out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             for row, index in zip(out[:, ids.shape[1] :].tolist(), batch, strict=True):
                 answers[index] = _decode(tokenizer, row, stops)
             bar.advance(len(batch))
@@ -192,6 +249,7 @@ def label_loglikelihoods(
     conversations: Sequence[Conversation],
     labels: Sequence[str],
     batch_size: int = 8,
+    min_shared_prefix: int = 16,
 ) -> Any:
     """Matrix [conversation, label] of log P(label tokens + end-of-turn | prompt), as a float64 numpy array.
 
@@ -204,7 +262,7 @@ def label_loglikelihoods(
     if not labels:
         raise ValueError("label ranking needs a non-empty label set")
     eos = stop_token_ids(model, tokenizer)[0]
-    label_ids = [ids + [eos] for ids in _encode(tokenizer, labels)]
+    label_ids = [[*ids, eos] for ids in _encode(tokenizer, labels)]
     encoded = _encode(tokenizer, render_prompts(tokenizer, conversations))
     pad_id = _pad_id(tokenizer)
     vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -220,9 +278,7 @@ def label_loglikelihoods(
             batch = order[start : start + prompts_per_batch]
             ids, mask = _left_pad([encoded[i] for i in batch], pad_id)
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            out = model(
-                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
-            )
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)  # [B, V]
             lengths = mask.sum(-1)
             for lo in range(0, len(labels), labels_per_chunk):

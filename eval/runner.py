@@ -154,7 +154,7 @@ def _base_only(model: Model) -> contextlib.AbstractContextManager[Any]:
     disable = getattr(model, "disable_adapter", None)
     if disable is None:
         raise TypeError("expected a peft model; base systems must run with the adapter disabled")
-    return disable()  # type: ignore[no-any-return]
+    return disable()
 
 
 def default_max_new_tokens(task: EvalTask, tokenizer: Tokenizer) -> int:
@@ -168,6 +168,16 @@ def default_max_new_tokens(task: EvalTask, tokenizer: Tokenizer) -> int:
 
 def default_few_shot_k(task: EvalTask) -> int:
     return min(len(task.labels), 8) if task.has_labels else 8
+
+
+def _conversations(
+    name: str, examples: Sequence[EvalExample], shots: Sequence[EvalExample], task: EvalTask
+) -> list[list[dict[str, str]]]:
+    if name == ADAPTER:
+        return [adapter_messages(e) for e in examples]
+    if name == BASE_FEW_SHOT:
+        return [few_shot_messages(e, shots, task) for e in examples]
+    return [zero_shot_messages(e, task) for e in examples]  # zero-shot generation and label ranking
 
 
 def _timed(
@@ -219,31 +229,16 @@ def run_eval(
     k = config.few_shot_k if config.few_shot_k is not None else default_few_shot_k(task)
     shots = select_shots(shots_pool, k, seed=config.seed, task=task, exclude=examples)
 
-    def generate(convs: list[list[dict[str, str]]], label: str) -> Callable[[], list[str]]:
-        return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=label)
+    def answer_with(name: str, convs: list[list[dict[str, str]]]) -> Callable[[], list[str]]:
+        if name == BASE_LABEL_RANKING:
+            return lambda: label_loglikelihood_ranking(model, tokenizer, convs, task.labels, config.ranking_batch_size)
+        return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=name)
 
     results: dict[str, SystemResult] = {}
     for name in systems:
-        if name == ADAPTER:
-            convs = [adapter_messages(e) for e in examples]
-            results[name] = _timed(name, convs, generate(convs, name), tokenizer, references, task)
-            continue
-        if name == BASE_ZERO_SHOT:
-            convs = [zero_shot_messages(e, task) for e in examples]
-            answer = generate(convs, name)
-        elif name == BASE_FEW_SHOT:
-            convs = [few_shot_messages(e, shots, task) for e in examples]
-            answer = generate(convs, name)
-        else:
-            convs = [zero_shot_messages(e, task) for e in examples]
-            ranking_convs = convs
-
-            def answer() -> list[str]:
-                return label_loglikelihood_ranking(
-                    model, tokenizer, ranking_convs, task.labels, config.ranking_batch_size
-                )
-
-        with _base_only(model):
+        convs = _conversations(name, examples, shots, task)
+        answer = answer_with(name, convs)
+        with contextlib.nullcontext() if name == ADAPTER else _base_only(model):
             results[name] = _timed(name, convs, answer, tokenizer, references, task)
 
     verdict = decide(

@@ -27,9 +27,7 @@ class BootstrapCI:
     n_resamples: int
 
 
-def _as_paired_arrays(
-    a: Sequence[bool | float], b: Sequence[bool | float]
-) -> tuple[np.ndarray, np.ndarray]:
+def _as_paired_arrays(a: Sequence[bool | float], b: Sequence[bool | float]) -> tuple[np.ndarray, np.ndarray]:
     if len(a) != len(b):
         raise ValueError(f"paired vectors differ in length: {len(a)} vs {len(b)}")
     if len(a) == 0:

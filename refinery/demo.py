@@ -115,4 +115,3 @@ def run_demo(
     if verdict != "pass":
         stderr.print(f"[red]the adapter did not pass the gate:[/red] {result['reason']}")
     return verdict
-

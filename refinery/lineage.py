@@ -118,13 +118,15 @@ def _batch_node(catalog: Catalog, batch_id: str, snapshot_id: str | None = None)
     row = _one(catalog, "SELECT * FROM ingest_batches WHERE batch_id = ?", [batch_id], "ingest batch")
     if snapshot_id is None:
         files = catalog.query(
-            "SELECT file, count(*) AS rows, min(row) AS first_row, max(row) AS last_row FROM source_rows "
+            "SELECT file, count(*) AS rows, count(DISTINCT record_id) AS records, min(row) AS first_row, "
+            "max(row) AS last_row FROM source_rows "
             "WHERE batch_id = ? GROUP BY file ORDER BY file",
             [batch_id],
         )
     else:
         files = catalog.query(
-            "SELECT s.file, count(*) AS rows, min(s.row) AS first_row, max(s.row) AS last_row "
+            "SELECT s.file, count(*) AS rows, count(DISTINCT s.record_id) AS records, min(s.row) AS first_row, "
+            "max(s.row) AS last_row "
             "FROM source_rows s JOIN snapshot_members m USING (record_id) "
             "WHERE s.batch_id = ? AND m.snapshot_id = ? GROUP BY s.file ORDER BY s.file",
             [batch_id, snapshot_id],
@@ -143,6 +145,7 @@ def _batch_node(catalog: Catalog, batch_id: str, snapshot_id: str | None = None)
                 "kind": "file",
                 "id": f["file"],
                 "rows": f["rows"],
+                "records": f["records"],
                 "first_row": f["first_row"],
                 "last_row": f["last_row"],
                 "parents": [],

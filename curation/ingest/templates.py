@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.records import normalize_content
+
 #: Built-in templates. ``intent`` deliberately lists no labels: the label set is what fine-tuning teaches.
 TEMPLATES: dict[str, str] = {
     "plain": "{text}",
@@ -38,15 +40,16 @@ class Template:
     fields: tuple[str, ...]  # placeholder names, in order of first use
 
     def render(self, text: str, row: Mapping[str, Any]) -> str:
+        """The template filled in; values are normalised first, so stray whitespace cannot split records."""
         values: dict[str, str] = {}
         for name in self.fields:
             if name == "text":
-                values[name] = text
+                values[name] = normalize_content(text)
                 continue
             if name not in row:
                 raise TemplateFieldMissing(name)
             value = row[name]
-            values[name] = "" if value is None else str(value)
+            values[name] = "" if value is None else normalize_content(str(value))
         return self.text.format_map(values)
 
 

@@ -108,17 +108,18 @@ def read_json_array(path: Path, position: ReadPosition) -> Iterator[RawRow]:
     """
     yielded = 0
     with path.open("rb") as handle:
+        reader = _TrackingReader(handle, position)
         try:
-            for item in ijson.items(_TrackingReader(handle, position), "item", use_float=True):
+            for item in ijson.items(reader, "item", use_float=True):
                 yielded += 1
                 yield RawRow(yielded, _element_bytes(item), value=item)
             return
         except Exception:  # any parser failure: recover precisely below
             pass
-    yield from _recover_json_array(path, position, skip=yielded)
+    yield from _recover_json_array(path, position, skip=yielded, failed_buffer=reader.last_read_start)
 
 
-def _recover_json_array(path: Path, position: ReadPosition, skip: int) -> Iterator[RawRow]:
+def _recover_json_array(path: Path, position: ReadPosition, skip: int, failed_buffer: int) -> Iterator[RawRow]:
     from ijson.backends import python as slow_ijson
 
     index = 0
@@ -131,8 +132,11 @@ def _recover_json_array(path: Path, position: ReadPosition, skip: int) -> Iterat
                     yield RawRow(index, _element_bytes(item), value=item)
             return  # the slow parser accepted what the fast one refused: nothing is left over
         except Exception as exc:
+            # The slow parser may fail earlier than the fast one did (it decodes whole buffers): then the
+            # rest starts after the elements already yielded, within the buffer where the fast parser failed.
+            rest_start = reader.last_read_start if index >= skip else max(reader.last_read_start, failed_buffer)
+            index = max(index, skip)
             reason = f"malformed JSON: {one_line(str(exc), 200)} (rest of the file from element {index + 1})"
-            rest_start = reader.last_read_start
         handle.seek(rest_start)
         rest = handle.read(MAX_REST_BYTES)
     position.offset = path.stat().st_size
@@ -219,9 +223,12 @@ def _csv_records(path: Path, delimiter: str, position: ReadPosition) -> Iterator
 
 
 def _parse_csv_record(text: str, delimiter: str) -> tuple[list[str] | None, str | None]:
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    stream = io.StringIO(text, newline="")
     try:
-        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True))
+        if delimiter == "\t":
+            rows = list(csv.reader(stream, delimiter=delimiter, quoting=csv.QUOTE_NONE, strict=True))
+        else:
+            rows = list(csv.reader(stream, delimiter=delimiter, strict=True))
     except csv.Error as exc:
         return None, f"malformed CSV: {one_line(str(exc), 200)}"
     if len(rows) != 1:

@@ -1,6 +1,6 @@
 """What flows between the ingest steps: raw rows from readers, drafted units from shapes, and rejections.
 
-    reader (container) --RawRow--> shape (format) --Draft | Rejected--> normalize --Record | reason
+reader (container) --RawRow--> shape (format) --Draft | Rejected--> normalize --Record | reason
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_overlength_is_truncated_from_the_left_or_dropped_and_counted(tokenizer)
     while full.labels[last_answer_start - 1] != IGNORE_INDEX:
         last_answer_start -= 1
     with pytest.raises(FormattingError):  # keeping the last tokens would cut into the last answer
-        tokenize_conversation(tokenizer, CONVERSATION, max_length=len(full.input_ids) - last_answer_start)
+        tokenize_conversation(tokenizer, CONVERSATION, max_length=len(full.input_ids) - last_answer_start - 1)
     result = format_conversations(
         tokenizer,
         [CONVERSATION, CONVERSATION[:2], [{"role": "assistant", "content": 3}]],

@@ -1,0 +1,107 @@
+"""Benchmark: batched vs one-by-one greedy generation (eval/generation.py) on the tiny test model.
+
+    .venv/bin/python benchmarks/eval_generation.py [--n 48] [--batch-size 16] [--model FOLDER]
+
+Prints one JSON object: examples/s for one-by-one, batched, and batched with the shared few-shot prefix
+reused, plus whether the answers are identical. Without --model it builds the tiny in-process model (with
+larger random weights so answers vary in length, as in tests/eval/conftest.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("REFINERY_PROGRESS", "0")
+
+
+def _tiny_model(folder: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tests.support.tiny_model import build_tiny_model
+
+    build_tiny_model(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=48, help="conversations per prompt style")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=12)
+    parser.add_argument("--model", type=Path, default=None, help="a model folder (default: tiny model)")
+    args = parser.parse_args()
+
+    import torch
+
+    from eval.baselines import few_shot_messages, zero_shot_messages
+    from eval.examples import EvalExample, EvalTask
+    from eval.generation import generate_greedy, generate_one_by_one, load_model
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.model or _tiny_model(Path(tmp) / "tiny")
+        model, tokenizer = load_model(folder)
+        labels = ["card_lost", "password_reset", "refund_request", "delivery_status", "cancel_subscription"]
+        task = EvalTask(kind="classification", labels=labels)
+        examples = [
+            EvalExample(
+                example_index=i,
+                messages=({"role": "user", "content": "Where is my card? " * (i % 7 + 1) + f"case {i}"},),
+                reference=labels[i % len(labels)],
+            )
+            for i in range(args.n + len(labels))
+        ]
+        shots, examples = examples[: len(labels)], examples[len(labels) :]
+        styles = {
+            "zero_shot": [zero_shot_messages(e, task) for e in examples],
+            "few_shot": [few_shot_messages(e, shots, task) for e in examples],
+        }
+        results: dict[str, dict[str, float | bool]] = {}
+        for style, convs in styles.items():
+            runs = {
+                "one_by_one": lambda c=convs: generate_one_by_one(model, tokenizer, c, args.max_new_tokens),
+                "batched_no_prefix": lambda c=convs: generate_greedy(
+                    model, tokenizer, c, args.max_new_tokens, args.batch_size, min_shared_prefix=0
+                ),
+                "batched": lambda c=convs: generate_greedy(model, tokenizer, c, args.max_new_tokens, args.batch_size),
+            }
+            generate_greedy(model, tokenizer, convs[:4], args.max_new_tokens, 4)  # warm-up
+            answers = {}
+            row: dict[str, float | bool] = {}
+            for name, run in runs.items():
+                started = time.perf_counter()
+                answers[name] = run()
+                row[f"{name}_examples_per_s"] = round(len(convs) / (time.perf_counter() - started), 1)
+            row["identical"] = answers["one_by_one"] == answers["batched"] == answers["batched_no_prefix"]
+            prompt_tokens = [
+                len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                for text in (tokenizer.apply_chat_template(c, tokenize=False) for c in convs)
+            ]
+            row["prompt_tokens_mean"] = round(sum(prompt_tokens) / len(convs), 1)
+            row["answer_chars_mean"] = round(sum(len(a) for a in answers["batched"]) / len(convs), 1)
+            results[style] = row
+        print(
+            json.dumps(
+                {"n": args.n, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "results": results},
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Wiring of the model stages: train an adapter on a snapshot, evaluate it, record both in the catalog.
+
+`training` and `eval` never import each other or `curation`; this module hands each the plain data it needs
+(conversations, folders) and stores what they return as immutable artifacts plus catalog rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curation.exact_dup import dedup_key
+from curation.snapshot import load_snapshot
+from refinery.output import UsageError
+from refinery.workspace import Workspace
+from schemas.atomic import atomic_directory, clean_staging
+from schemas.catalog import add_lineage_edge, utcnow
+from schemas.ids import artifact_id, canonical_json
+from schemas.manifest import load_manifest, manifest_sha256, new_manifest, write_manifest
+from schemas.progress import log
+
+
+#: Inside an adapter artifact folder: the peft adapter (weights, config, curves); the manifest sits beside it.
+ADAPTER_SUBDIR = "adapter"
+
+
+def _conversations(rows: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    return [[{"role": m["role"], "content": m["content"]} for m in row["messages"]] for row in rows]
+
+
+def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Train (or reuse) the adapter for (snapshot, base model, config); return its summary."""
+    from training.base_model import resolve_base_model
+    from training.config import load_train_config
+    from training.recipe import train_lora
+
+    catalog = ws.catalog
+    snapshot = load_snapshot(catalog, snapshot_id)
+    config = load_train_config(overrides)
+    base = resolve_base_model(base_spec, ws.models_dir)
+    with catalog.write() as con:
+        con.execute(
+            "INSERT OR IGNORE INTO base_models VALUES (?, ?, ?, ?, ?)",
+            [base.model_id, base.source, str(base.path), base.sha256, utcnow()],
+        )
+    adapter_id = artifact_id(
+        "adapter", {"snapshot": snapshot_id, "base_model": base.sha256, "config": config.to_json()}
+    )
+    final = ws.adapters_dir / adapter_id
+    clean_staging(ws.adapters_dir)
+    if not final.exists():
+        train = _conversations(snapshot.read_split("train"))
+        validation = _conversations(snapshot.read_split("validation"))
+        log(f"training adapter {adapter_id} on {len(train)} conversations of {snapshot_id} ({base.name})")
+        with atomic_directory(final) as staging:
+            result = train_lora(
+                base, train, validation, config, staging / ADAPTER_SUBDIR, ws.checkpoints_dir / adapter_id
+            )
+            metrics = result.to_json()
+            manifest = new_manifest(
+                "adapter",
+                adapter_id,
+                parents=[snapshot_id, base.model_id],
+                config={"train": config.to_json(), "base_model": base.to_json()},
+                counts={"train_conversations": len(train), "validation_conversations": len(validation)},
+                extra={"snapshot_id": snapshot_id, "metrics": metrics},
+            )
+            write_manifest(staging, manifest)
+        log(f"adapter written to {final}")
+    manifest = load_manifest(final)
+    metrics = manifest.extra["metrics"]
+    with catalog.write() as con:
+        con.execute(
+            "INSERT OR IGNORE INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                adapter_id,
+                snapshot_id,
+                base.model_id,
+                str(final),
+                manifest_sha256(final),
+                canonical_json(manifest.config),
+                metrics.get("train_loss"),
+                metrics.get("val_loss"),
+                utcnow(),
+            ],
+        )
+        add_lineage_edge(con, adapter_id, "adapter", snapshot_id, "snapshot", "trained_on")
+        add_lineage_edge(con, adapter_id, "adapter", base.model_id, "base_model", "adapts")
+    keys = ("train_loss", "val_loss", "best_step", "steps", "real_tokens", "tokens_per_second", "seconds")
+    return {
+        "adapter_id": adapter_id,
+        "path": str(final),
+        "snapshot_id": snapshot_id,
+        "base_model": base.name,
+        **{k: metrics.get(k) for k in keys},
+    }
+
+
+def _eval_rows(ws: Workspace, snapshot: Any, eval_set: str | None) -> tuple[str, list[dict[str, Any]]]:
+    """(eval set name, rows with record_id, messages, label) for a registered set or the snapshot's test split."""
+    if eval_set is None:
+        return "snapshot:test", snapshot.read_split("test")
+    rows = ws.catalog.query(
+        """
+        SELECT r.record_id, r.messages_json, r.label, min(s.file) AS file, min(s.row) AS row
+        FROM records r JOIN source_rows s USING (record_id) JOIN ingest_batches b USING (batch_id)
+        WHERE b.purpose = 'eval' AND b.eval_set = ?
+        GROUP BY r.record_id, r.messages_json, r.label ORDER BY file, row, r.record_id
+        """,
+        [eval_set],
+    )
+    if not rows:
+        known = [r["eval_set"] for r in ws.catalog.query("SELECT DISTINCT eval_set FROM eval_items ORDER BY 1")]
+        raise UsageError(f"no eval set named {eval_set!r}; registered: {', '.join(known) or 'none'}")
+    return eval_set, [
+        {"record_id": r["record_id"], "messages": json.loads(r["messages_json"]), "label": r["label"]} for r in rows
+    ]
+
+
+def _subset(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` rows in a fixed hash order: a deterministic, label-blind sample."""
+    if limit is None or limit >= len(rows):
+        return rows
+    return sorted(rows, key=lambda r: hashlib.sha256(r["record_id"].encode()).hexdigest())[:limit]
+
+
+def evaluate_adapter(
+    ws: Workspace, adapter_id: str, eval_set: str | None, limit: int | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Evaluate an adapter against the base-model baselines, store predictions and the gate verdict."""
+    from eval.examples import EvalExample, EvalTask, TaskKind, eval_set_hash
+    from eval.runner import EvalConfig, run_eval
+
+    catalog = ws.catalog
+    found = catalog.query("SELECT * FROM adapters WHERE adapter_id = ?", [adapter_id])
+    if not found:
+        raise UsageError(f"no adapter {adapter_id} in the catalog (train one with `refinery train`)")
+    adapter = found[0]
+    load_manifest(Path(adapter["path"]))  # verified before use
+    adapter_path = Path(adapter["path"]) / ADAPTER_SUBDIR
+    base_path = Path(catalog.scalar("SELECT path FROM base_models WHERE base_model_id = ?", [adapter["base_model_id"]]))
+    snapshot = load_snapshot(catalog, adapter["snapshot_id"])
+    train_rows = snapshot.read_split("train")
+    set_name, rows = _eval_rows(ws, snapshot, eval_set)
+    rows = [r for r in _subset(rows, limit) if r["messages"] and r["messages"][-1]["role"] == "assistant"]
+    if not rows:
+        raise UsageError(f"eval set {set_name} has no examples with a reference answer")
+
+    def example(row: dict[str, Any], index: int) -> EvalExample:
+        msgs = row["messages"]
+        reference = row["label"] if row["label"] is not None else msgs[-1]["content"]
+        return EvalExample(
+            example_index=index, record_id=row["record_id"], messages=tuple(msgs[:-1]), reference=reference
+        )
+
+    examples = [example(r, i) for i, r in enumerate(rows)]
+    shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
+    train_labels = {r["label"] for r in train_rows}
+    if None not in train_labels:
+        labels = sorted({str(x) for x in train_labels} | {e.reference for e in examples})
+        task = EvalTask(kind=TaskKind.CLASSIFICATION, labels=labels)
+    else:
+        task = EvalTask(kind=TaskKind.EXACT_MATCH)
+    train_prompts = {dedup_key(_prompt(r["messages"])) for r in train_rows}
+    contaminated_items = [
+        e.record_id for e, r in zip(examples, rows, strict=True) if dedup_key(_prompt(r["messages"])) in train_prompts
+    ]
+    config = EvalConfig.model_validate(overrides)
+    ehash = eval_set_hash(examples)
+    eval_id = artifact_id("eval", {"adapter": adapter_id, "eval_set": ehash, "config": config.model_dump(mode="json")})
+    final = ws.evals_dir / eval_id
+    clean_staging(ws.evals_dir)
+    if not final.exists():
+        report = run_eval(
+            base_path, adapter_path, examples, task, shots_pool, config, contaminated=bool(contaminated_items)
+        )
+        payload = report.to_json()
+        payload["contaminated_items"] = contaminated_items
+        results = [r.model_dump() for r in report.rows()]
+        with atomic_directory(final) as staging:
+            (staging / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+            pq.write_table(pa.Table.from_pylist(results), staging / "predictions.parquet")
+            manifest = new_manifest(
+                "eval",
+                eval_id,
+                parents=[adapter_id, adapter["snapshot_id"]],
+                config={"eval": config.model_dump(mode="json"), "eval_set": set_name, "limit": limit},
+                counts={"examples": len(examples)},
+                extra={"eval_set_hash": ehash, "verdict": payload["verdict"]},
+            )
+            write_manifest(staging, manifest)
+    load_manifest(final)
+    payload = json.loads((final / "report.json").read_text())
+    _register_eval(ws, eval_id, adapter, set_name, final, payload)
+    payload = {"eval_id": eval_id, "eval_set": set_name, **payload}
+    return {
+        k: v for k, v in payload.items() if k not in ("task", "config", "base_path", "adapter_path", "shot_record_ids")
+    }
+
+
+def _prompt(messages: list[dict[str, str]]) -> str:
+    body = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+    return "\n\n".join(m["content"] for m in body if m["role"] != "system")
+
+
+def _register_eval(
+    ws: Workspace, eval_id: str, adapter: dict[str, Any], set_name: str, path: Path, payload: dict[str, Any]
+) -> None:
+    predictions = pq.read_table(path / "predictions.parquet")
+    with ws.catalog.write() as con:
+        if con.execute("SELECT 1 FROM eval_runs WHERE eval_id = ?", [eval_id]).fetchone():
+            return
+        con.execute(
+            "INSERT INTO eval_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                eval_id,
+                adapter["adapter_id"],
+                adapter["snapshot_id"],
+                set_name,
+                payload["eval_set_hash"],
+                payload["metric"],
+                payload["adapter"],
+                canonical_json(payload["baselines"]),
+                payload["verdict"],
+                payload["ci_low"],
+                payload["ci_high"],
+                payload["reason"],
+                canonical_json(payload["thresholds"]),
+                str(path),
+                utcnow(),
+            ],
+        )
+        con.register("predictions", predictions)
+        con.execute(
+            "INSERT INTO eval_results SELECT ?, system, example_index, record_id, prompt, prediction, reference, "
+            "correct FROM predictions",
+            [eval_id],
+        )
+        con.unregister("predictions")
+        add_lineage_edge(con, eval_id, "eval", adapter["adapter_id"], "adapter", "evaluates")
+        add_lineage_edge(con, eval_id, "eval", adapter["snapshot_id"], "snapshot", "trained_data")
+        batches = con.execute(
+            "SELECT batch_id FROM ingest_batches WHERE purpose = 'eval' AND eval_set = ?", [set_name]
+        ).fetchall()
+        for (batch_id,) in batches:
+            add_lineage_edge(con, eval_id, "eval", batch_id, "batch", "eval_set")

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import pytest
+
+from eval.gate import GateThresholds, decide
+
+
+def _vec(correct: int, n: int) -> list[bool]:
+    return [True] * correct + [False] * (n - correct)
+
+
+def test_pass_when_adapter_clearly_beats_every_baseline() -> None:
+    adapter = _vec(91, 100)
+    verdict = decide(adapter, {"base_zero_shot": _vec(3, 100), "base_few_shot": _vec(20, 100)})
+    assert verdict.verdict == "pass" and verdict.passed
+    assert verdict.strongest_baseline == "base_few_shot"
+    assert verdict.adapter_score == pytest.approx(0.91)
+    assert verdict.baselines == {"base_zero_shot": pytest.approx(0.03), "base_few_shot": pytest.approx(0.20)}
+    assert verdict.diff == pytest.approx(0.71)
+    assert 0 < verdict.ci_low < 0.71 < verdict.ci_high
+    assert verdict.p_value < 1e-15
+    assert verdict.test == "McNemar"
+    assert verdict.reason.startswith("adapter 0.91 beats the strongest baseline base_few_shot 0.20 by 0.71")
+    assert "95% CI" in verdict.reason and "McNemar p=" in verdict.reason
+
+
+def test_fail_on_no_gain() -> None:
+    same = _vec(50, 100)
+    verdict = decide(same, {"base_few_shot": list(same)})
+    assert verdict.verdict == "fail"
+    assert verdict.diff == 0.0
+    assert "not above the minimum gain" in verdict.reason
+    assert verdict.p_value == 1.0
+
+
+def test_fail_when_adapter_is_worse() -> None:
+    verdict = decide(_vec(30, 100), {"base_few_shot": _vec(60, 100)})
+    assert verdict.verdict == "fail" and verdict.diff < 0 and verdict.ci_high < 0
+
+
+def test_fail_when_ci_crosses_zero_on_a_tiny_sample() -> None:
+    adapter = [True, True, False, True, True]
+    baseline = [True, False, False, True, True]
+    verdict = decide(adapter, {"base_few_shot": baseline})
+    assert verdict.diff == pytest.approx(0.2)
+    assert verdict.ci_low <= 0
+    assert verdict.verdict == "fail"
+    assert "CI of the difference" in verdict.reason
+
+
+def test_fail_on_contamination_even_with_a_large_gain() -> None:
+    verdict = decide(_vec(95, 100), {"base_few_shot": _vec(10, 100)}, contaminated=True)
+    assert verdict.verdict == "fail"
+    assert verdict.contaminated
+    assert "contaminated" in verdict.reason
+    assert verdict.ci_low > 0  # the evidence is still reported
+
+
+def test_min_gain_is_enforced() -> None:
+    adapter, baseline = _vec(600, 1000), _vec(550, 1000)
+    assert decide(adapter, {"b": baseline}).verdict == "pass"
+    strict = decide(adapter, {"b": baseline}, GateThresholds(min_gain=0.10))
+    assert strict.verdict == "fail" and "minimum gain 0.10" in strict.reason
+
+
+def test_strongest_baseline_is_the_highest_scoring_one() -> None:
+    baselines = {"base_zero_shot": _vec(10, 200), "base_label_ranking": _vec(120, 200), "base_few_shot": _vec(60, 200)}
+    verdict = decide(_vec(190, 200), baselines)
+    assert verdict.strongest_baseline == "base_label_ranking"
+    assert verdict.diff == pytest.approx(0.95 - 0.60)
+
+
+def test_graded_scores_use_the_sign_test() -> None:
+    adapter = [0.9] * 40
+    verdict = decide(adapter, {"b": [0.2] * 40})
+    assert verdict.test == "sign test" and verdict.verdict == "pass"
+
+
+def test_bad_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one baseline"):
+        decide([True], {})
+    with pytest.raises(ValueError, match="has 1 scores"):
+        decide([True, False], {"b": [True]})
+    with pytest.raises(ValueError):
+        GateThresholds(alpha=1.5)

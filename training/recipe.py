@@ -1,0 +1,414 @@
+"""The LoRA recipe: setup, a plain torch training loop, validation, keep the best adapter, save.
+
+Read it top to bottom: :func:`train_lora` is the whole run. No trainer framework: the loop calls torch and
+peft directly so every step (batching, loss normalisation, clipping, schedule, evaluation, early stopping,
+checkpointing) is visible here.
+
+Loss is the mean over assistant tokens of each optimizer step (summed over its micro-batches, divided by
+their label-token count), so gradient accumulation gives the same update as one large batch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.atomic import atomic_directory
+from schemas.ids import canonical_json, sha256_text
+from schemas.progress import progress
+from training import checkpoint as ckpt
+from training._deps import require_train_deps
+from training.base_model import BaseModel
+from training.config import TrainConfig, default_target_modules
+from training.curves import write_curves
+from training.formatting import (
+    IGNORE_INDEX,
+    FormattedSet,
+    LengthGroupedBatchSampler,
+    Message,
+    PaddingCollator,
+    TokenizedExample,
+    format_conversations,
+)
+
+Conversation = list[Message]
+LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
+
+
+@dataclass
+class TrainResult:
+    train_loss: float  # mean loss over the last LAST_N_STEPS optimizer steps
+    val_loss: float | None  # best validation loss (that of the saved adapter); None without validation data
+    best_step: int
+    steps: int
+    epochs_done: float
+    real_tokens: int  # non-padding tokens through forward + backward
+    tokens_per_second: float  # real tokens per second of training compute (evaluation excluded)
+    seconds: float  # wall time of the whole call
+    peak_rss_mb: float  # peak resident memory of this process so far
+    num_train: int
+    num_val: int
+    dropped_train: dict[str, int]
+    dropped_val: dict[str, int]
+    truncated_train: int
+    truncated_val: int
+    trainable_params: int
+    total_params: int
+    target_modules: list[str]
+    device: str
+    dtype: str
+    stopped_early: bool = False
+    resumed_from_step: int | None = None
+    peak_gpu_mb: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Run:
+    model: Any
+    train_set: FormattedSet
+    val_set: FormattedSet
+    sampler: LengthGroupedBatchSampler
+    collator: PaddingCollator
+    optimizer: Any
+    scheduler: Any
+    device: Any
+    dtype: Any
+    total_steps: int
+    steps_per_epoch: int
+    target_modules: list[str]
+
+
+def train_lora(
+    base: BaseModel | Path,
+    train: list[list[dict[str, str]]],
+    validation: list[list[dict[str, str]]],
+    config: TrainConfig,
+    out_dir: Path,
+    checkpoint_dir: Path | None = None,
+) -> TrainResult:
+    """Train a LoRA adapter on ``train`` and save the one with the best ``validation`` loss to ``out_dir``.
+
+    ``out_dir`` must not exist; it appears complete (adapter_model.safetensors, adapter_config.json,
+    curves.json, curves.png) or not at all. With ``checkpoint_dir``, a checkpoint is written every
+    ``config.checkpoint_every`` steps and a rerun with the same arguments resumes from the latest one.
+    """
+    require_train_deps()
+    started = time.perf_counter()
+    if out_dir.exists():
+        raise FileExistsError(f"{out_dir} already exists; adapters are immutable")
+    base_path = base.path if isinstance(base, BaseModel) else Path(base)
+    trust = base.trust_remote_code if isinstance(base, BaseModel) else False
+    run = _setup(base_path, trust, train, validation, config)
+    fingerprint = _fingerprint(base, train, validation, config)
+    state = ckpt.LoopState(fingerprint=fingerprint)
+    best_adapter: dict[str, Any] | None = None
+    if checkpoint_dir is not None and (latest := ckpt.latest_checkpoint(checkpoint_dir)) is not None:
+        restored = ckpt.load_checkpoint(latest, fingerprint, run.optimizer, run.scheduler)
+        _load_adapter(run.model, restored.adapter)
+        state, best_adapter = restored.state, restored.best_adapter
+        state.resumed_from_step = state.step
+
+    best_adapter = _train_loop(run, state, config, checkpoint_dir, best_adapter)
+
+    if best_adapter is not None:  # the best evaluation may predate the last step
+        _load_adapter(run.model, best_adapter)
+    with atomic_directory(out_dir) as staging:
+        run.model.save_pretrained(staging, safe_serialization=True)
+        result = _result(run, state, config, time.perf_counter() - started)
+        write_curves(staging, state.train_curve, state.val_curve, result.to_json())
+    if checkpoint_dir is not None:  # the adapter is safe; the checkpoints have served their purpose
+        for folder in checkpoint_dir.glob("step-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def _setup(
+    base_path: Path, trust: bool, train: list[Conversation], validation: list[Conversation], config: TrainConfig
+) -> _Run:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _seed_everything(config.seed)
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    # bf16 halves memory and is fast on GPUs; CPUs are slow at bf16 matmuls, so they train in float32.
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+    tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust)
+    fmt = {"max_length": config.max_length, "overlength": config.overlength, "system_prompt": config.system_prompt}
+    train_set = format_conversations(tokenizer, train, **fmt)  # type: ignore[arg-type]
+    val_set = format_conversations(tokenizer, validation, **fmt)  # type: ignore[arg-type]
+    if not train_set.examples:
+        raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
+
+    model = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust
+    ).to(device)
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    targets = config.lora.target_modules or default_target_modules(model.config.model_type, linear_names)
+    lora = LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)  # adapter weights are kept in float32 even on a bf16 base
+    model.train()
+
+    sampler = LengthGroupedBatchSampler(
+        [len(e.input_ids) for e in train_set.examples],
+        config.batch_size,
+        seed=config.seed,
+        group_by_length=config.group_by_length,
+    )
+    steps_per_epoch = math.ceil(len(sampler) / config.grad_accum)
+    total_steps = config.max_steps or config.epochs * steps_per_epoch
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, config.warmup_ratio, config.lr_schedule)
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return _Run(
+        model=model,
+        train_set=train_set,
+        val_set=val_set,
+        sampler=sampler,
+        collator=PaddingCollator(pad_token_id=pad_id),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        device=device,
+        dtype=dtype,
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+        target_modules=list(targets),
+    )
+
+
+def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:
+    """Multiplier of the peak learning rate for 0-based optimizer step ``step``: linear warm-up, then decay."""
+    warmup = int(warmup_ratio * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup  # starts above 0: no step is wasted at lr 0
+    if schedule == "constant":
+        return 1.0
+    done = (step - warmup) / max(1, total_steps - warmup)
+    if schedule == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def _fingerprint(
+    base: BaseModel | Path, train: list[Conversation], validation: list[Conversation], config: TrainConfig
+) -> str:
+    """What makes two runs the same run (checkpoint_every may differ: it does not change the result)."""
+    settings = config.to_json()
+    settings.pop("checkpoint_every")
+    return sha256_text(
+        canonical_json(
+            {
+                "base": base.sha256 if isinstance(base, BaseModel) else str(Path(base).resolve()),
+                "config": settings,
+                "train": sha256_text(canonical_json([[dict(m) for m in c] for c in train])),
+                "validation": sha256_text(canonical_json([[dict(m) for m in c] for c in validation])),
+            }
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------- train
+
+
+def _train_loop(
+    run: _Run,
+    state: ckpt.LoopState,
+    config: TrainConfig,
+    checkpoint_dir: Path | None,
+    best_adapter: dict[str, Any] | None,
+) -> dict[str, Any] | None:
+    """Run optimizer steps until ``total_steps`` or early stopping; return the best adapter state."""
+    import torch
+
+    examples = run.train_set.examples
+    with progress("train LoRA", total=run.total_steps) as bar:
+        bar.advance(state.step)
+        while state.step < run.total_steps and not state.stopped_early:
+            batches = run.sampler.batches(state.epoch)
+            groups = [batches[i : i + config.grad_accum] for i in range(0, len(batches), config.grad_accum)]
+            for group in groups[state.group :]:
+                tick = time.perf_counter()
+                loss, tokens = _optimizer_step(run, [[examples[i] for i in b] for b in group], config)
+                if run.device.type == "cuda":
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - tick
+                state.step += 1
+                state.group += 1
+                state.real_tokens += tokens
+                state.train_seconds += seconds
+                rate = state.real_tokens / max(state.train_seconds, 1e-9)
+                state.train_curve.append(
+                    {"step": state.step, "loss": loss, "lr": run.scheduler.get_last_lr()[0], "tokens": tokens,
+                     "tokens_per_second": tokens / max(seconds, 1e-9)}
+                )  # fmt: skip
+                bar.set_description(f"train loss {loss:.3f} · {rate:.0f} tok/s")
+                bar.advance()
+                last = state.step >= run.total_steps
+                if last or (config.eval_every and state.step % config.eval_every == 0):
+                    best_adapter = _evaluate(run, state, config, best_adapter)
+                if checkpoint_dir is not None and state.step % config.checkpoint_every == 0 and not last:
+                    ckpt.save_checkpoint(
+                        checkpoint_dir, state, _adapter_state(run.model), best_adapter, run.optimizer,
+                        run.scheduler,
+                    )  # fmt: skip
+                if last or state.stopped_early:
+                    break
+            else:
+                state.epoch += 1
+                state.group = 0
+    return best_adapter
+
+
+def _optimizer_step(run: _Run, micro_batches: list[list[TokenizedExample]], config: TrainConfig) -> tuple[float, int]:
+    """One optimizer step over ``micro_batches``; returns (mean assistant-token loss, real tokens)."""
+    import torch
+
+    label_tokens = sum(e.num_label_tokens for batch in micro_batches for e in batch)
+    total_loss = 0.0
+    real_tokens = 0
+    for batch in micro_batches:
+        tensors = {k: v.to(run.device) for k, v in run.collator(batch).items()}
+        loss_sum, _ = token_loss(run.model, tensors)
+        (loss_sum / max(label_tokens, 1)).backward()
+        total_loss += loss_sum.item()
+        real_tokens += int(tensors["attention_mask"].sum().item())
+    if config.max_grad_norm is not None:
+        trainable = [p for p in run.model.parameters() if p.requires_grad]
+        torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return total_loss / max(label_tokens, 1), real_tokens
+
+
+def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
+    """Summed cross-entropy over the label tokens of a padded batch, and how many tokens that is."""
+    import torch
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]  # token t predicts token t + 1
+    loss = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return loss, int((labels != IGNORE_INDEX).sum().item())
+
+
+def validation_loss(model: Any, examples: list[TokenizedExample], collator: PaddingCollator, batch_size: int) -> float:
+    """Mean assistant-token loss over ``examples`` (batched longest first), with the model in eval mode."""
+    import torch
+
+    device = next(model.parameters()).device
+    ordered = sorted(examples, key=lambda e: -len(e.input_ids))
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(ordered), batch_size):
+            batch = {k: v.to(device) for k, v in collator(ordered[start : start + batch_size]).items()}
+            loss_sum, n = token_loss(model, batch)
+            total += loss_sum.item()
+            count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _evaluate(
+    run: _Run, state: ckpt.LoopState, config: TrainConfig, best_adapter: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Validation loss now; keep a copy of the adapter when it is the best so far; count patience."""
+    if not run.val_set.examples:
+        return None  # nothing to select on: the final adapter is saved
+    loss = validation_loss(run.model, run.val_set.examples, run.collator, config.batch_size)
+    state.val_curve.append({"step": state.step, "loss": loss})
+    if state.best_val is None or loss < state.best_val:
+        state.best_val, state.best_step, state.evals_since_best = loss, state.step, 0
+        return _adapter_state(run.model)
+    state.evals_since_best += 1
+    patience = config.early_stopping_patience
+    if patience is not None and state.evals_since_best >= patience:
+        state.stopped_early = True
+    return best_adapter
+
+
+def _adapter_state(model: Any) -> dict[str, Any]:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+
+
+def _load_adapter(model: Any, adapter: dict[str, Any]) -> None:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, adapter)
+
+
+# ---------------------------------------------------------------------------------------------- result
+
+
+def _result(run: _Run, state: ckpt.LoopState, config: TrainConfig, seconds: float) -> TrainResult:
+    import torch
+
+    losses = [point["loss"] for point in state.train_curve[-LAST_N_STEPS:]]
+    trainable = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in run.model.parameters())
+    cuda = run.device.type == "cuda"
+    return TrainResult(
+        train_loss=sum(losses) / max(len(losses), 1),
+        val_loss=state.best_val,
+        best_step=state.best_step if state.best_val is not None else state.step,
+        steps=state.step,
+        epochs_done=round(state.step / run.steps_per_epoch, 4),
+        real_tokens=state.real_tokens,
+        tokens_per_second=state.real_tokens / max(state.train_seconds, 1e-9),
+        seconds=seconds,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        num_train=len(run.train_set.examples),
+        num_val=len(run.val_set.examples),
+        dropped_train=dict(run.train_set.dropped),
+        dropped_val=dict(run.val_set.dropped),
+        truncated_train=run.train_set.truncated,
+        truncated_val=run.val_set.truncated,
+        trainable_params=trainable,
+        total_params=total,
+        target_modules=run.target_modules,
+        device=str(run.device),
+        dtype=str(run.dtype).removeprefix("torch."),
+        stopped_early=state.stopped_early,
+        resumed_from_step=state.resumed_from_step,
+        peak_gpu_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        extra={"train_seconds": state.train_seconds, "total_steps": run.total_steps},
+    )
