@@ -117,7 +117,7 @@ def check_exact_prompt(records: Sequence[ScanRecord]) -> CheckOutput:
     summary = {
         "clusters": len(clusters),
         "duplicates": sum(len(c.removed) for c in clusters),
-        "clusters_with_different_responses": conflicts,
+        "conflicting_clusters": conflicts,
     }
     return CheckOutput(findings, clusters, summary)
 

@@ -57,7 +57,8 @@ def run_demo(
     print_facts(train_batch.to_json())
     print_table(
         ws.catalog.query(
-            "SELECT reason, count(*) AS rows FROM quarantine WHERE batch_id = ? GROUP BY reason ORDER BY rows DESC",
+            "SELECT split_part(reason, ':', 1) AS reason, count(*) AS rows, min(line) AS first_line FROM quarantine "
+            "WHERE batch_id = ? GROUP BY 1 ORDER BY rows DESC",
             [train_batch.batch_id],
         ),
         title="quarantine by reason",
@@ -78,7 +79,7 @@ def run_demo(
     print_table([{"check": k, **v} for k, v in scan.checks.items()], title=f"scan {scan.scan_id}")
     print_table(
         ws.catalog.query(
-            "SELECT check_name, record_id, is_kept, keep_reason, prompt, response FROM duplicate_clusters "
+            "SELECT cluster_id, is_kept, prompt, response AS label FROM duplicate_clusters "
             "WHERE cluster_id IN (SELECT cluster_id FROM duplicate_clusters WHERE check_name = 'exact_prompt' "
             "GROUP BY cluster_id HAVING count(DISTINCT response) > 1 LIMIT 2) ORDER BY cluster_id, is_kept DESC"
         ),

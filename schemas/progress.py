@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -59,6 +60,38 @@ class _RichTicker:
         self._bar.update(self._task, total=total)  # type: ignore[arg-type]
 
 
+class _LineTicker:
+    """For logs and CI (stderr is not a terminal): one plain line at most every ``every`` seconds."""
+
+    def __init__(self, description: str, total: float | None, every: float = 10.0) -> None:
+        self._description = description
+        self._total = total
+        self._done = 0.0
+        self._every = every
+        self._started = time.monotonic()
+        self._last = self._started
+
+    def advance(self, n: float = 1) -> None:
+        self._done += n
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._last = now
+            self.emit()
+
+    def set_description(self, text: str) -> None:
+        self._description = text
+
+    def set_total(self, total: float | None) -> None:
+        self._total = total
+
+    def emit(self, final: bool = False) -> None:
+        elapsed = time.monotonic() - self._started
+        done = f"{self._done:g}" + (f"/{self._total:g}" if self._total else "")
+        rate = f", {self._done / elapsed:.3g}/s" if elapsed > 0 and self._done else ""
+        state = "done" if final else "..."
+        _console.print(f"{self._description}: {done} in {elapsed:.0f}s{rate} {state}", highlight=False, soft_wrap=True)
+
+
 def progress_enabled() -> bool:
     return os.environ.get("REFINERY_PROGRESS", "1") not in ("0", "false", "no")
 
@@ -68,6 +101,11 @@ def progress(description: str, total: float | None = None) -> Iterator[Ticker]:
     """A progress bar on stderr: ``with progress("ingest", total=n) as bar: bar.advance()``."""
     if not progress_enabled():
         yield _NullTicker()
+        return
+    if not _console.is_terminal:
+        ticker = _LineTicker(description, total)
+        yield ticker
+        ticker.emit(final=True)
         return
     bar = Progress(
         SpinnerColumn(),

@@ -11,6 +11,7 @@ the cache directory; later calls reuse it after checking its manifest.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -239,10 +240,8 @@ def _resolve_smollm2(cache_dir: Path) -> BaseModel:
 def _convert_or_reuse_gguf(gguf: Path, dest: Path, cache_dir: Path, source: str, name: str) -> BaseModel:
     origin = {"gguf_file": gguf.name, "gguf_size": gguf.stat().st_size, "source": source}
     if not dest.exists():
-        try:
+        with contextlib.suppress(FileExistsError):  # another process finished the same conversion first
             _convert_gguf(gguf, dest, origin)
-        except FileExistsError:  # another process finished the same conversion first
-            pass
     try:
         manifest = load_manifest(dest, verify=True)
     except ManifestError as exc:
@@ -251,8 +250,7 @@ def _convert_or_reuse_gguf(gguf: Path, dest: Path, cache_dir: Path, source: str,
         ) from exc
     if manifest.config.get("origin") != origin:
         raise BaseModelError(
-            f"{dest} was converted from a different file ({manifest.config.get('origin')}); "
-            "delete it to convert again"
+            f"{dest} was converted from a different file ({manifest.config.get('origin')}); delete it to convert again"
         )
     wanted = {p.name for p in model_files(dest)}
     hashes = {rel: digest for rel, digest in manifest.files.items() if rel in wanted}
@@ -266,7 +264,7 @@ def _convert_gguf(gguf: Path, dest: Path, origin: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers marks GGUF-loaded models as quantized and refuses to save them; the weights are already
     # dequantised to float32 in memory, so dropping the marker saves exactly what was loaded.
     if hasattr(model.config, "quantization_config"):

@@ -69,9 +69,7 @@ def save_checkpoint(
     with atomic_directory(final) as staging:
         save_file({k: v.contiguous() for k, v in adapter.items()}, str(staging / "adapter.safetensors"))
         if best_adapter is not None:
-            save_file(
-                {k: v.contiguous() for k, v in best_adapter.items()}, str(staging / "best_adapter.safetensors")
-            )
+            save_file({k: v.contiguous() for k, v in best_adapter.items()}, str(staging / "best_adapter.safetensors"))
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())

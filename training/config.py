@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 #: LoRA targets per architecture (``config.model_type``): the attention projections, the usual LoRA choice.
 ATTENTION_TARGETS: dict[str, list[str]] = {
-    **dict.fromkeys(
-        ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2", "olmo", "olmo2"),
-        ["q_proj", "k_proj", "v_proj", "o_proj"],
-    ),
+    **{
+        model_type: ["q_proj", "k_proj", "v_proj", "o_proj"]
+        for model_type in ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "gemma", "gemma2")
+    },
     "gpt2": ["c_attn"],
     "phi3": ["qkv_proj", "o_proj"],
 }
@@ -32,8 +32,8 @@ class LoraConfigSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rank: int = Field(default=16, ge=1, le=1024, description="LoRA rank r: size of the low-rank update.")
-    alpha: float = Field(
-        default=32, gt=0, description="LoRA alpha; the update is scaled by alpha / rank (2.0 by default)."
+    alpha: int = Field(
+        default=32, ge=1, description="LoRA alpha; the update is scaled by alpha / rank (2.0 by default)."
     )
     dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input during training.")
     target_modules: list[str] | None = Field(

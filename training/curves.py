@@ -35,9 +35,7 @@ def plot_curves(
     axes = figure.add_subplot()
     axes.plot([p["step"] for p in train_curve], [p["loss"] for p in train_curve], label="train", lw=1)
     if val_curve:
-        axes.plot(
-            [p["step"] for p in val_curve], [p["loss"] for p in val_curve], "o-", label="validation", lw=1.5
-        )
+        axes.plot([p["step"] for p in val_curve], [p["loss"] for p in val_curve], "o-", label="validation", lw=1.5)
     if summary.get("val_loss") is not None:
         axes.axvline(summary["best_step"], color="grey", ls="--", lw=1, label=f"best (step {summary['best_step']})")
     axes.set_xlabel("optimizer step")

@@ -123,9 +123,7 @@ def tokenize_conversation(
         if overlength == "drop":
             raise FormattingError("too_long", f"{len(input_ids)} tokens > max_length {max_length}")
         if cut > last_start:  # the last assistant turn itself would be cut: learning a mid-answer start
-            raise FormattingError(
-                "too_long", f"the last assistant turn alone exceeds max_length {max_length} tokens"
-            )
+            raise FormattingError("too_long", f"the last assistant turn alone exceeds max_length {max_length} tokens")
         input_ids, labels, truncated = input_ids[cut:], labels[cut:], True
     return TokenizedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 

@@ -27,9 +27,10 @@ def load_for_inference(
     cuda = torch.cuda.is_available()
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-    ).to("cuda" if cuda else "cpu")
+    )
+    model.to("cuda" if cuda else "cpu")
     if adapter_path is not None:
         from peft import PeftModel
 
@@ -59,9 +60,7 @@ def generate(
     inputs = {k: v.to(device) for k, v in inputs.items()}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
-        )
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
     reply = output[0, inputs["input_ids"].shape[1] :]
     return str(tokenizer.decode(reply, skip_special_tokens=True)).strip()
 

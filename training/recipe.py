@@ -31,13 +31,12 @@ from training.formatting import (
     IGNORE_INDEX,
     FormattedSet,
     LengthGroupedBatchSampler,
-    Message,
     PaddingCollator,
     TokenizedExample,
     format_conversations,
 )
 
-Conversation = list[Message]
+Conversation = list[dict[str, str]]
 LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
 
 
@@ -155,9 +154,10 @@ def _setup(
     if not train_set.examples:
         raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
 
-    model = AutoModelForCausalLM.from_pretrained(
+    model: Any = AutoModelForCausalLM.from_pretrained(
         base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust
-    ).to(device)
+    )
+    model.to(device)
     linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
     targets = config.lora.target_modules or default_target_modules(model.config.model_type, linear_names)
     lora = LoraConfig(

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.catalog import Catalog
-
 from curation.ingest import IngestOptions, IngestResult, ingest
+from schemas.catalog import Catalog
 
 
 def write_lines(path: Path, rows: list[Any]) -> Path:

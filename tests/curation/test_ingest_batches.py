@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from schemas.catalog import Catalog
-
 from curation.ingest import IngestConfigError, IngestOptions, ingest, parse_mapping, pipeline
 from curation.ingest.store import BatchStore
+from schemas.catalog import Catalog
 from tests.curation.ingest_support import quarantine, records_of, run, write_lines
 
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from schemas.catalog import Catalog
-
 from tests.curation.ingest_support import quarantine, records_of, run, write_json, write_lines
 
 

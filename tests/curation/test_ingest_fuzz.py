@@ -10,12 +10,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from schemas.catalog import Catalog
-
 from curation.ingest import IngestOptions
 from curation.ingest.pipeline import Accepted, Refused, units_of
 from curation.ingest.sources import SourcePlan
 from curation.ingest.text_readers import ReadPosition
+from schemas.catalog import Catalog
 from tests.curation.ingest_support import run
 
 KEYS = [
@@ -25,7 +24,12 @@ KEYS = [
 ROLES = ["human", "gpt", "user", "assistant", "system", "tool", "prompter", "robot", ""]
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(ROLES), st.text(max_size=8)
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 5),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(ROLES),
+    st.text(max_size=8),
 )
 json_values = st.recursive(
     scalars,

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from schemas.catalog import Catalog
-
 from tests.curation.ingest_support import records_of, run
 
 pytestmark = pytest.mark.realdata

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.catalog import Catalog
-
 from curation.ingest import IngestConfigError, IngestOptions, ingest
+from schemas.catalog import Catalog
 from tests.curation.ingest_support import quarantine, records_of, run, write_lines
 
 INTENT = {"text": "user", "category": "assistant"}

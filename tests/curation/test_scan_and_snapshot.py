@@ -66,7 +66,7 @@ def test_exact_checks_flag_exactly_the_planted_records(catalog: Catalog, planted
     assert prompt_flags == {planted["Where is my card?"], planted["where is my  CARD"]} | {
         r["record_id"] for r in catalog.query("SELECT record_id FROM records WHERE prompt LIKE 'Has my top up%'")
     }
-    assert result.checks["exact_prompt"]["clusters_with_different_responses"] == 1
+    assert result.checks["exact_prompt"]["conflicting_clusters"] == 1
     kept = catalog.query("SELECT record_id, kept_record_id FROM duplicate_clusters WHERE check_name = 'exact'")
     assert {r["kept_record_id"] for r in kept} == {planted["Where is my card?"]}
 

@@ -52,7 +52,9 @@ def test_labels_cover_exactly_the_assistant_turns_and_their_end_token(tokenizer)
     assert tokenizer.decode(example.input_ids) == full
     runs = [tokenizer.decode(run) for run in _unmasked_runs(example)]
     assert runs == ["card_lost<|im_end|>", "password_reset<|im_end|>"]
-    masked = tokenizer.decode([t for t, lab in zip(example.input_ids, example.labels) if lab == IGNORE_INDEX])
+    masked = tokenizer.decode(
+        [t for t, lab in zip(example.input_ids, example.labels, strict=True) if lab == IGNORE_INDEX]
+    )
     assert "Where is my card?" in masked and "Classify the customer message." in masked
     assert "card_lost" not in masked and "<|im_start|>assistant\n" in masked
 
@@ -87,9 +89,7 @@ def test_overlength_is_truncated_from_the_left_or_dropped_and_counted(tokenizer)
 
 
 def test_collator_pads_right_with_masked_labels() -> None:
-    batch = PaddingCollator(pad_token_id=0)(
-        [TokenizedExample([5, 6, 7], [-100, 6, 7]), TokenizedExample([8], [8])]
-    )
+    batch = PaddingCollator(pad_token_id=0)([TokenizedExample([5, 6, 7], [-100, 6, 7]), TokenizedExample([8], [8])])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-from pathlib import Path
 
 import pytest
 
@@ -78,7 +78,7 @@ def test_early_stopping_stops_and_keeps_the_best_adapter(trainable_tiny_dir, toy
     curves = json.loads((tmp_path / "adapter" / "curves.json").read_text())
     assert result.stopped_early and result.steps < 60
     assert result.best_step == result.steps - 4  # two evaluations, two steps apart, without improvement
-    assert [p["loss"] for p in curves["validation"][-2:]] > [result.val_loss] * 2
+    assert all(p["loss"] > result.val_loss for p in curves["validation"][-2:])
 
 
 def test_resume_after_interruption_ends_with_the_same_adapter(trainable_tiny_dir, toy_task, tmp_path, monkeypatch):
@@ -120,7 +120,9 @@ def test_a_checkpoint_from_another_run_is_refused(trainable_tiny_dir, toy_task, 
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setattr(ckpt, "save_checkpoint", _save_once_then_stop(ckpt.save_checkpoint))
     with pytest.raises(KeyboardInterrupt):
-        train_lora(trainable_tiny_dir, train, validation, _config(max_steps=6, checkpoint_every=2), tmp_path / "a", checkpoints)
+        train_lora(
+            trainable_tiny_dir, train, validation, _config(max_steps=6, checkpoint_every=2), tmp_path / "a", checkpoints
+        )
     with pytest.raises(ckpt.CheckpointError, match="another config"):
         train_lora(trainable_tiny_dir, train, validation, _config(max_steps=6, seed=1), tmp_path / "a", checkpoints)
 
@@ -136,6 +138,6 @@ def _save_once_then_stop(real):
 def test_lr_schedule_warms_up_then_decays() -> None:
     factors = [lr_factor(s, 100, 0.1, "cosine") for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[10] == 1.0
-    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False)) and factors[-1] > 0
+    assert all(a >= b for a, b in itertools.pairwise(factors[10:])) and factors[-1] > 0
     assert lr_factor(50, 100, 0.0, "linear") == pytest.approx(0.5)
     assert lr_factor(99, 100, 0.0, "constant") == 1.0

@@ -53,6 +53,8 @@ def test_smollm2_converts_once_trains_and_reloads(tmp_path):
 
     model, tokenizer = load_for_inference(base.path)  # the converted folder reloads on its own
     examples = format_conversations(tokenizer, validation).examples
+    answer = [t for t, label in zip(examples[0].input_ids, examples[0].labels, strict=True) if label != -100]
+    assert tokenizer.decode(answer) == "Intent: " + QA[4][1] + "<|im_end|>"  # loss on the answer only
     before = validation_loss(model, examples, PaddingCollator(tokenizer.pad_token_id), batch_size=4)
     assert result.val_loss is not None and result.val_loss < before
 
