@@ -63,10 +63,10 @@ def cli_errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except usage_errors() as exc:
-        stderr.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False)
+        stderr.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except failure_errors() as exc:
-        stderr.print(f"[red]failed:[/red] {_one_line(exc)}", highlight=False)
+        stderr.print(f"[red]failed:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED) from None
 
 

@@ -12,6 +12,12 @@ from tests.support.tiny_model import build_tiny_model
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Progress bars off in tests (the CLI tests turn them on where they check them)."""
+    monkeypatch.setenv("REFINERY_PROGRESS", "0")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

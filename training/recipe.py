@@ -10,11 +10,13 @@ their label-token count), so gradient accumulation gives the same update as one 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import resource
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,19 @@ def train_lora(
     started = time.perf_counter()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists; adapters are immutable")
+    with _cpu_threads(config.cpu_threads):
+        return _train_and_save(base, train, validation, config, out_dir, checkpoint_dir, started)
+
+
+def _train_and_save(
+    base: BaseModel | Path,
+    train: list[Conversation],
+    validation: list[Conversation],
+    config: TrainConfig,
+    out_dir: Path,
+    checkpoint_dir: Path | None,
+    started: float,
+) -> TrainResult:
     base_path = base.path if isinstance(base, BaseModel) else Path(base)
     trust = base.trust_remote_code if isinstance(base, BaseModel) else False
     run = _setup(base_path, trust, train, validation, config)
@@ -213,6 +228,20 @@ def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -
     return 0.5 * (1.0 + math.cos(math.pi * done))
 
 
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` torch CPU threads, restoring the process-wide setting afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _seed_everything(seed: int) -> None:
     import torch
 
@@ -223,9 +252,11 @@ def _seed_everything(seed: int) -> None:
 def _fingerprint(
     base: BaseModel | Path, train: list[Conversation], validation: list[Conversation], config: TrainConfig
 ) -> str:
-    """What makes two runs the same run (checkpoint_every may differ: it does not change the result)."""
+    """What makes two runs the same run (checkpoint_every and cpu_threads may differ: they change no result
+    beyond float summation order)."""
     settings = config.to_json()
     settings.pop("checkpoint_every")
+    settings.pop("cpu_threads")
     return sha256_text(
         canonical_json(
             {

@@ -9,11 +9,6 @@ import pytest
 from schemas.catalog import Catalog
 
 
-@pytest.fixture(autouse=True)
-def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFINERY_PROGRESS", "0")
-
-
 @pytest.fixture
 def catalog(workspace: Path) -> Catalog:
     """A fresh, migrated catalog in the test's workspace."""

@@ -26,13 +26,6 @@ def _write(path: Path, lines: list[str]) -> Path:
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    cat = Catalog(tmp_path / "catalog.duckdb")
-    cat.migrate()
-    return cat
-
-
-@pytest.fixture
 def planted(tmp_path: Path, catalog: Catalog) -> dict[str, str]:
     lines = [_chat(f"question number {i} about topic {i % 7}", f"label_{i % 3}") for i in range(60)]
     lines += [
@@ -132,5 +125,5 @@ def test_tampered_snapshot_fails_verification(tmp_path: Path, catalog: Catalog, 
     result = create_snapshot(catalog, tmp_path / "snaps")
     table = pq.read_table(result.path / "train.parquet")
     pq.write_table(table.slice(1), result.path / "train.parquet")
-    with pytest.raises(ManifestError, match="train.parquet was modified"):
+    with pytest.raises(ManifestError, match=r"train\.parquet was modified"):
         load_snapshot(catalog, result.snapshot_id)

@@ -51,25 +51,15 @@ def test_zero_shot_prompt_lists_every_label_and_keeps_the_example() -> None:
     task = EvalTask(kind="classification", labels=LABELS)
     example = labelled_examples(per_label=1)[0]
     messages = zero_shot_messages(example, task)
-    assert [m["role"] for m in messages] == ["user"]
-    content = messages[0]["content"]
-    assert all(label in content for label in LABELS) and all(label in task_instruction(task) for label in LABELS)
-    assert example.messages[0]["content"] in content
-    assert content.endswith("written exactly as in the list, and nothing else.")
+    assert [m["role"] for m in messages] == ["system", "user"]
+    assert all(label in messages[0]["content"] for label in LABELS)
+    assert messages[0]["content"].endswith("written exactly as in the list, and nothing else.")
+    assert messages[1:] == example.messages_as_list()
     system = {"role": "system", "content": "Be brief."}
-    multi = example.model_copy(
-        update={
-            "messages": (
-                system,
-                *example.messages,
-                {"role": "assistant", "content": "?"},
-                {"role": "user", "content": "It is urgent."},
-            )
-        }
-    )
-    wrapped = zero_shot_messages(multi, task)
-    assert wrapped[:3] == list(multi.messages[:3])  # only the last user turn carries the instruction
-    assert "It is urgent." in wrapped[3]["content"] and "Labels:" in wrapped[3]["content"]
+    with_system = example.model_copy(update={"messages": (system, *example.messages)})
+    merged = zero_shot_messages(with_system, task)
+    assert [m["role"] for m in merged] == ["system", "user"]  # one system turn: instruction, then its own
+    assert merged[0]["content"].startswith(task_instruction(task)) and merged[0]["content"].endswith("Be brief.")
 
 
 def test_few_shot_turns_precede_the_example() -> None:

@@ -47,8 +47,11 @@ def test_lock_held_by_another_process_times_out_with_a_clear_error(tmp_path: Pat
     path = tmp_path / "catalog.duckdb"
     Catalog(path).migrate()
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb,time; c=duckdb.connect({str(path)!r}); print('ok', flush=True); "
-         "time.sleep(30)"],
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb,time; c=duckdb.connect({str(path)!r}); print('ok', flush=True); time.sleep(30)",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -41,3 +41,15 @@ def toy_task() -> tuple[list[list[dict[str, str]]], list[list[dict[str, str]]]]:
     train = [conversation(word, label) for word, label in PAIRS.items()] * 8
     validation = [conversation(word, label) for word, label in PAIRS.items()]
     return train, validation
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny-model steps are too small to split across threads; on a shared CPU the OpenMP hand-offs cost more
+    than the arithmetic (a 2-thread step was seen 50x slower under load), so tiny tests run on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

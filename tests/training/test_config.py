@@ -37,3 +37,14 @@ def test_default_targets_per_architecture() -> None:
     assert default_target_modules("newarch", ["m.layers.0.attn.in_proj", "m.layers.0.fc", "lm_head"]) == ["in_proj"]
     with pytest.raises(ConfigError, match=r"set lora\.target_modules"):
         default_target_modules("newarch", ["fc1", "lm_head"])
+
+
+def test_importing_training_loads_no_heavy_library() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys, training; print(sorted({'torch', 'transformers', 'peft', 'matplotlib'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ from training.formatting import PaddingCollator, format_conversations
 from training.inference import generate, load_for_inference, merge_adapter
 from training.recipe import lr_factor, train_lora, validation_loss
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def _config(**overrides: object) -> TrainConfig:

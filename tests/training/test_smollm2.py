@@ -42,7 +42,14 @@ def test_smollm2_converts_once_trains_and_reloads(tmp_path):
     train = [_chat(q, a) for q, a in QA[:4]] * 2
     validation = [_chat(q, a) for q, a in QA[4:]]
     config = TrainConfig.model_validate(
-        {"max_steps": 4, "batch_size": 4, "eval_every": 4, "max_length": 64, "warmup_ratio": 0.0}
+        {
+            "max_steps": 4,
+            "batch_size": 4,
+            "eval_every": 4,
+            "max_length": 64,
+            "warmup_ratio": 0.0,
+            "cpu_threads": 1,  # predictable on shared CPUs (see TrainConfig.cpu_threads)
+        }
     )
     result = train_lora(base, train, validation, config, tmp_path / "adapter")
     curves = json.loads((tmp_path / "adapter" / "curves.json").read_text())
