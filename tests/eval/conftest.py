@@ -35,11 +35,6 @@ _QUERIES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("REFINERY_PROGRESS", "0")
-
-
 @pytest.fixture(scope="session")
 def chatty_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with larger random weights: its greedy answers differ in content and length across
