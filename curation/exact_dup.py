@@ -60,9 +60,7 @@ class DuplicateCluster:
         return tuple(m for m in self.members if m != self.kept)
 
 
-def cluster_exact(
-    items: Iterable[tuple[str, str]], ranks: dict[str, KeepRank], prefix: str
-) -> list[DuplicateCluster]:
+def cluster_exact(items: Iterable[tuple[str, str]], ranks: dict[str, KeepRank], prefix: str) -> list[DuplicateCluster]:
     """Group ``(record_id, key)`` pairs by key; return clusters of two or more, each with a kept member.
 
     The kept member is the one with the smallest :class:`KeepRank`; the result does not depend on input order.

@@ -55,9 +55,7 @@ class CheckOutput:
 CheckFn = Callable[[Sequence[ScanRecord]], CheckOutput]
 
 
-def _duplicate_output(
-    records: Sequence[ScanRecord], clusters: list[DuplicateCluster], what: str
-) -> CheckOutput:
+def _duplicate_output(records: Sequence[ScanRecord], clusters: list[DuplicateCluster], what: str) -> CheckOutput:
     by_member: dict[str, DuplicateCluster] = {m: c for c in clusters for m in c.members}
     findings = []
     for rec in records:
@@ -183,8 +181,7 @@ def run_scan(catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS) -> ScanRe
     with catalog.write() as con:
         _delete_scan_rows(con, scan_id)
         con.execute(
-            "INSERT INTO scans (scan_id, status, config_json, records, started_at) "
-            "VALUES (?, 'running', ?, ?, ?)",
+            "INSERT INTO scans (scan_id, status, config_json, records, started_at) VALUES (?, 'running', ?, ?, ?)",
             [scan_id, canonical_json(config), len(records), utcnow()],
         )
     summary: dict[str, dict[str, Any]] = {}
@@ -208,8 +205,7 @@ def run_scan(catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS) -> ScanRe
             [canonical_json(summary), utcnow(), scan_id],
         )
         batches = con.execute(
-            "SELECT DISTINCT batch_id FROM source_rows JOIN ingest_batches USING (batch_id) "
-            "WHERE purpose = 'train'"
+            "SELECT DISTINCT batch_id FROM source_rows JOIN ingest_batches USING (batch_id) WHERE purpose = 'train'"
         ).fetchall()
         for (batch_id,) in batches:
             add_lineage_edge(con, scan_id, "scan", batch_id, "batch", "scanned")

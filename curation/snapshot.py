@@ -124,10 +124,7 @@ def create_snapshot(
 ) -> SnapshotResult:
     policy = policy or SnapshotPolicy()
     scan_id = _latest_scan(catalog)
-    if (
-        parent is not None
-        and catalog.scalar("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [parent]) is None
-    ):
+    if parent is not None and catalog.scalar("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [parent]) is None:
         raise SnapshotError(f"parent snapshot {parent} is not in the catalog")
     rows = _candidates(catalog, scan_id, policy)
     unscanned = sum(1 for row in rows if not row[5])

@@ -24,7 +24,6 @@ from schemas.ids import artifact_id, canonical_json
 from schemas.manifest import load_manifest, manifest_sha256, new_manifest, write_manifest
 from schemas.progress import log
 
-
 #: Inside an adapter artifact folder: the peft adapter (weights, config, curves); the manifest sits beside it.
 ADAPTER_SUBDIR = "adapter"
 
@@ -160,12 +159,7 @@ def evaluate_adapter(
 
     examples = [example(r, i) for i, r in enumerate(rows)]
     shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
-    train_labels = {r["label"] for r in train_rows}
-    if None not in train_labels:
-        labels = sorted({str(x) for x in train_labels} | {e.reference for e in examples})
-        task = EvalTask(kind=TaskKind.CLASSIFICATION, labels=labels)
-    else:
-        task = EvalTask(kind=TaskKind.EXACT_MATCH)
+    task = _task_for(train_rows, rows, EvalTask, TaskKind)
     train_prompts = {dedup_key(_prompt(r["messages"])) for r in train_rows}
     contaminated_items = [
         e.record_id for e, r in zip(examples, rows, strict=True) if dedup_key(_prompt(r["messages"])) in train_prompts
@@ -201,6 +195,23 @@ def evaluate_adapter(
     return {
         k: v for k, v in payload.items() if k not in ("task", "config", "base_path", "adapter_path", "shot_record_ids")
     }
+
+
+def _task_for(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], task_cls: Any, kinds: Any) -> Any:
+    """Classification when the eval rows carry labels (or every training record does), else exact match.
+
+    The label set is every label of the eval rows plus every training label; where training records come from
+    a chat file without a label column, their responses are the labels (the eval labels say the task is one).
+    """
+    eval_labels = {r["label"] for r in eval_rows}
+    train_labels = {r["label"] for r in train_rows}
+    if None in eval_labels and None in train_labels:
+        return task_cls(kind=kinds.EXACT_MATCH)
+    if None in train_labels:
+        train_labels = {r["messages"][-1]["content"] for r in train_rows}
+    if None in eval_labels:
+        eval_labels = {r["messages"][-1]["content"] for r in eval_rows}
+    return task_cls(kind=kinds.CLASSIFICATION, labels=sorted({str(x) for x in train_labels | eval_labels}))
 
 
 def _prompt(messages: list[dict[str, str]]) -> str:

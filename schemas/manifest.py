@@ -124,9 +124,7 @@ def load_manifest(folder: Path, verify: bool = True) -> Manifest:
 def verify_files(folder: Path, manifest: Manifest) -> list[str]:
     """Every difference between the files on disk and the manifest, as human-readable lines."""
     problems: list[str] = []
-    on_disk = {
-        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME
-    }
+    on_disk = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_NAME}
     for rel, expected in sorted(manifest.files.items()):
         file = folder / rel
         if rel not in on_disk:

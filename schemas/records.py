@@ -92,9 +92,7 @@ class SourceRow(BaseModel):
     batch_id: str
     file: str = Field(description="Absolute path of the source file (or dataset folder).")
     row: int = Field(description="1-based line (line formats) or element/row index (arrays, tables).")
-    sub_index: int = Field(
-        default=0, description="Index of the unit within the row (OASST paths, instances)."
-    )
+    sub_index: int = Field(default=0, description="Index of the unit within the row (OASST paths, instances).")
     record_id: str
     format: str
     metadata: dict[str, Any] = Field(default_factory=dict)
