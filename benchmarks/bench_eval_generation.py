@@ -1,6 +1,6 @@
 """Benchmark: batched vs one-by-one greedy generation (eval/generation.py) on the tiny test model.
 
-    .venv/bin/python benchmarks/eval_generation.py [--n 48] [--batch-size 16] [--model FOLDER]
+    .venv/bin/python benchmarks/bench_eval_generation.py [--n 48] [--batch-size 16] [--model FOLDER]
 
 Prints one JSON object: examples/s for one-by-one, batched, and batched with the shared few-shot prefix
 reused, plus whether the answers are identical. Without --model it builds the tiny in-process model (with
