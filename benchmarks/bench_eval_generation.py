@@ -22,20 +22,9 @@ os.environ.setdefault("REFINERY_PROGRESS", "0")
 
 
 def _tiny_model(folder: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM
+    from tests.support.tiny_model import build_tiny_model, randomize_weights
 
-    from tests.support.tiny_model import build_tiny_model
-
-    build_tiny_model(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return randomize_weights(build_tiny_model(folder))
 
 
 def main() -> None:

@@ -16,10 +16,16 @@ from dataclasses import dataclass
 _SPACE_RE = re.compile(r"\s+")
 
 
+_ASCII_PUNCTUATION = {ord(ch): " " for ch in map(chr, range(128)) if unicodedata.category(ch).startswith("P")}
+
+
 def normalize_for_dedup(text: str) -> str:
     """NFKC, casefolded, punctuation removed, whitespace collapsed: the text two duplicates share."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
+    if text.isascii():  # the common case, several times faster; the same result as the general path
+        return " ".join(text.lower().translate(_ASCII_PUNCTUATION).split())
+    else:
+        text = unicodedata.normalize("NFKC", text).casefold()
+        text = "".join(" " if unicodedata.category(ch).startswith("P") else ch for ch in text)
     return _SPACE_RE.sub(" ", text).strip()
 
 
@@ -54,6 +60,12 @@ class DuplicateCluster:
     kept: str
     members: tuple[str, ...]  # sorted record ids, kept member included
     keep_reason: str
+    similarities: tuple[float, ...] = ()  # per member, similarity to the kept one; empty = all 1.0 (exact)
+
+    def similarity_of(self, record_id: str) -> float:
+        if not self.similarities:
+            return 1.0
+        return self.similarities[self.members.index(record_id)]
 
     @property
     def removed(self) -> tuple[str, ...]:
@@ -72,7 +84,7 @@ def cluster_exact(items: Iterable[tuple[str, str]], ranks: dict[str, KeepRank], 
     for key, members in groups.items():
         if len(members) < 2:
             continue
-        ordered = sorted(members, key=lambda rid: _rank_tuple(ranks[rid]))
+        ordered = sorted(members, key=lambda rid: rank_key(ranks[rid]))
         kept, runner_up = ordered[0], ordered[1]
         clusters.append(
             DuplicateCluster(
@@ -86,5 +98,5 @@ def cluster_exact(items: Iterable[tuple[str, str]], ranks: dict[str, KeepRank], 
     return clusters
 
 
-def _rank_tuple(rank: KeepRank) -> tuple[int, float, tuple[str, int, int], str]:
+def rank_key(rank: KeepRank) -> tuple[int, float, tuple[str, int, int], str]:
     return (rank.review_rank, rank.quality_rank, rank.first_seen, rank.record_id)

@@ -11,48 +11,26 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+from pydantic import BaseModel, ValidationError
 
+from curation.check_types import CheckContext, CheckFn, CheckOutput, Finding, ScanRecord
 from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
+from curation.near_dup import NearDupConfig
+from curation.near_dup_check import SCOPE_CHECKS, check_near_dup, resolve_scope
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
 from schemas.progress import log, progress
 
+__all__ = ["CHECKS", "CheckContext", "CheckOutput", "Finding", "ScanError", "ScanRecord", "ScanResult", "run_scan"]
+
 
 class ScanError(Exception):
     """The scan cannot run (bad config, no records)."""
-
-
-@dataclass(frozen=True)
-class ScanRecord:
-    record_id: str
-    prompt: str
-    response: str
-    label: str | None
-    rank: KeepRank
-
-
-@dataclass(frozen=True)
-class Finding:
-    record_id: str
-    score: float  # direction documented per check
-    flagged: bool
-    reason: str | None = None
-    details: dict[str, Any] | None = None
-
-
-@dataclass
-class CheckOutput:
-    findings: list[Finding]
-    clusters: list[DuplicateCluster] = field(default_factory=list)
-    summary: dict[str, Any] = field(default_factory=dict)
-
-
-CheckFn = Callable[[Sequence[ScanRecord]], CheckOutput]
 
 
 def _duplicate_output(records: Sequence[ScanRecord], clusters: list[DuplicateCluster], what: str) -> CheckOutput:
@@ -76,14 +54,14 @@ def _duplicate_output(records: Sequence[ScanRecord], clusters: list[DuplicateClu
     return CheckOutput(findings, clusters, {"clusters": len(clusters), "duplicates": removed})
 
 
-def check_exact(records: Sequence[ScanRecord]) -> CheckOutput:
+def check_exact(records: Sequence[ScanRecord], ctx: CheckContext | None = None) -> CheckOutput:
     """Score 1.0 = this record duplicates another after normalisation and is not the kept one; else 0.0."""
     ranks = {r.record_id: r.rank for r in records}
     clusters = cluster_exact(((r.record_id, dedup_key(r.prompt, r.response)) for r in records), ranks, "xd_")
     return _duplicate_output(records, clusters, "exact duplicate (normalised text)")
 
 
-def check_exact_prompt(records: Sequence[ScanRecord]) -> CheckOutput:
+def check_exact_prompt(records: Sequence[ScanRecord], ctx: CheckContext | None = None) -> CheckOutput:
     """Score 1.0 = another record asks the same prompt (after normalisation). Such records are not removed:
     the same prompt with a different answer is a conflict for review, with the same answer an exact duplicate.
     """
@@ -120,8 +98,14 @@ def check_exact_prompt(records: Sequence[ScanRecord]) -> CheckOutput:
     return CheckOutput(findings, clusters, summary)
 
 
-#: The check registry: name -> function. Later checks (near_dup, outlier, ...) register here.
-CHECKS: dict[str, CheckFn] = {"exact": check_exact, "exact_prompt": check_exact_prompt}
+#: The check registry: name -> function. Later checks (outlier, ...) register here.
+CHECKS: dict[str, CheckFn] = {
+    "exact": check_exact,
+    "exact_prompt": check_exact_prompt,
+    **{name: check_near_dup for name in SCOPE_CHECKS.values()},
+}
+#: Checks that take configuration (``run_scan(config={name: {...}})``): name -> validated config model.
+CHECK_CONFIGS: dict[str, type[BaseModel]] = {name: NearDupConfig for name in SCOPE_CHECKS.values()}
 DEFAULT_CHECKS = ("exact", "exact_prompt")
 
 
@@ -163,17 +147,61 @@ def load_training_records(catalog: Catalog) -> list[ScanRecord]:
     ]
 
 
-def run_scan(catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS) -> ScanResult:
-    unknown = [c for c in checks if c not in CHECKS]
-    if unknown:
-        raise ScanError(f"unknown check(s) {', '.join(unknown)}; available: {', '.join(sorted(CHECKS))}")
+def resolve_checks(
+    checks: Sequence[str], config: dict[str, dict[str, Any]] | None = None
+) -> dict[str, BaseModel | None]:
+    """Validate the checks and their config up front; return check name -> validated config (or None).
+
+    Fails on unknown checks, config for a check that does not run or takes none, and invalid values, naming
+    every problem at once. ``near_dup`` with ``scope: prompt`` (or ``response``) resolves to ``near_dup_prompt``
+    (``near_dup_response``): results are stored and reported under the name that says what they mean.
+    """
+    config = config or {}
+    problems = [f"unknown check {c!r}" for c in checks if c not in CHECKS]
+    problems += [f"config for {c!r}, which is not among the checks run" for c in config if c not in checks]
+    resolved: dict[str, BaseModel | None] = {}
+    for name in dict.fromkeys(checks):
+        if name not in CHECKS:
+            continue
+        model = CHECK_CONFIGS.get(name)
+        if model is None:
+            if config.get(name):
+                problems.append(f"check {name!r} takes no config")
+            resolved[name] = None
+            continue
+        values = dict(config.get(name) or {})
+        if name != "near_dup" and "scope" not in values:
+            values["scope"] = next(s for s, c in SCOPE_CHECKS.items() if c == name)
+        try:
+            validated = model.model_validate(values)
+            target = resolve_scope(name, validated) if isinstance(validated, NearDupConfig) else name
+        except (ValidationError, ValueError) as exc:
+            problems.append(f"config of {name!r}: {exc}")
+            continue
+        if target in resolved:
+            problems.append(f"check {target!r} requested twice")
+        resolved[target] = validated
+    if problems:
+        raise ScanError("; ".join(problems) + f" (available checks: {', '.join(sorted(CHECKS))})")
+    return resolved
+
+
+def run_scan(
+    catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS, config: dict[str, dict[str, Any]] | None = None
+) -> ScanResult:
+    """Run ``checks`` (with per-check ``config``, e.g. ``{"near_dup": {"threshold": 0.8}}``) over the records."""
+    resolved = resolve_checks(checks, config)
+    checks = sorted(resolved)
     started = time.monotonic()
     records = load_training_records(catalog)
     if not records:
         raise ScanError("no training records in the catalog: run `refinery ingest` first")
-    config = {"checks": sorted(checks)}
+    scan_config: dict[str, Any] = {"checks": checks}
+    params = {name: model.model_dump(mode="json") for name, model in resolved.items() if model is not None}
+    if params:  # absent for checks without config, so earlier scan ids stay valid
+        scan_config["params"] = params
     records_hash = sha256_text("\n".join(r.record_id for r in records))
-    scan_id = artifact_id("scan", {"records": records_hash, "config": config})
+    scan_id = artifact_id("scan", {"records": records_hash, "config": scan_config})
     with catalog.read() as con:
         row = con.execute("SELECT status, summary_json FROM scans WHERE scan_id = ?", [scan_id]).fetchone()
     if row is not None and row[0] == "complete":
@@ -182,14 +210,14 @@ def run_scan(catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS) -> ScanRe
         _delete_scan_rows(con, scan_id)
         con.execute(
             "INSERT INTO scans (scan_id, status, config_json, records, started_at) VALUES (?, 'running', ?, ?, ?)",
-            [scan_id, canonical_json(config), len(records), utcnow()],
+            [scan_id, canonical_json(scan_config), len(records), utcnow()],
         )
     summary: dict[str, dict[str, Any]] = {}
     with progress("scan", total=len(checks)) as bar:
         for name in sorted(checks):
             bar.set_description(f"scan: {name}")
             try:
-                output = CHECKS[name](records)
+                output = CHECKS[name](records, CheckContext(catalog, resolved[name]))
             except Exception as exc:  # one broken check must not sink the scan
                 summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
                 log(f"[red]check {name} failed[/red]: {exc}")
@@ -238,7 +266,7 @@ def _store_check(catalog: Catalog, scan_id: str, name: str, output: CheckOutput)
             "record_id": [m for _, m in members],
             "kept_record_id": [c.kept for c, _ in members],
             "is_kept": [m == c.kept for c, m in members],
-            "similarity": [1.0] * len(members),
+            "similarity": [float(s) for c in output.clusters for s in (c.similarities or [1.0] * len(c.members))],
             "keep_reason": [c.keep_reason for c, _ in members],
         }
     )

@@ -203,15 +203,11 @@ def _task_for(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]],
     The label set is every label of the eval rows plus every training label; where training records come from
     a chat file without a label column, their responses are the labels (the eval labels say the task is one).
     """
-    eval_labels = {r["label"] for r in eval_rows}
-    train_labels = {r["label"] for r in train_rows}
-    if None in eval_labels and None in train_labels:
+    if all(r["label"] is None for r in eval_rows) and any(r["label"] is None for r in train_rows):
         return task_cls(kind=kinds.EXACT_MATCH)
-    if None in train_labels:
-        train_labels = {r["messages"][-1]["content"] for r in train_rows}
-    if None in eval_labels:
-        eval_labels = {r["messages"][-1]["content"] for r in eval_rows}
-    return task_cls(kind=kinds.CLASSIFICATION, labels=sorted({str(x) for x in train_labels | eval_labels}))
+    # a record first ingested from a chat file has no label even where a later labelled source repeats it
+    labels = {r["label"] if r["label"] is not None else r["messages"][-1]["content"] for r in train_rows + eval_rows}
+    return task_cls(kind=kinds.CLASSIFICATION, labels=sorted(labels))
 
 
 def _prompt(messages: list[dict[str, str]]) -> str:

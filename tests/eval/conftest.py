@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from eval.examples import EvalExample, EvalTask
+from tests.support.tiny_model import randomize_weights
 
 LABELS = ["card_lost", "password_reset", "refund_request"]
 _QUERIES = {
@@ -39,20 +40,10 @@ _QUERIES = {
 def chatty_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model with larger random weights: its greedy answers differ in content and length across
     prompts (the default init answers nothing but newlines), which makes batching bugs visible."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     folder = tmp_path_factory.mktemp("chatty-model")
     shutil.rmtree(folder)
     shutil.copytree(tiny_model_dir, folder)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder
+    return randomize_weights(folder)
 
 
 @pytest.fixture(scope="session")

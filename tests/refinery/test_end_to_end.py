@@ -47,33 +47,11 @@ def test_thin_path_from_files_to_verdict_and_lineage(tmp_path: Path, tiny_model_
     assert snap["train"] + snap["validation"] + snap["test"] == 81
     config = tmp_path / "train.yaml"
     config.write_text("batch_size: 8\neval_every: 5\nlearning_rate: 0.005\n")
-    adapter = _run(
-        runner,
-        ws,
-        "train",
-        "--snapshot",
-        snap["snapshot_id"],
-        "--base-model",
-        str(tiny_model_dir),
-        "--config",
-        str(config),
-        "--max-steps",
-        "10",
-    )
+    train_args = ["train", "--snapshot", snap["snapshot_id"], "--base-model", str(tiny_model_dir)]
+    train_args += ["--config", str(config), "--max-steps", "10"]
+    adapter = _run(runner, ws, *train_args)
     assert adapter["adapter_id"].startswith("adp_") and adapter["val_loss"] is not None
-    again = _run(
-        runner,
-        ws,
-        "train",
-        "--snapshot",
-        snap["snapshot_id"],
-        "--base-model",
-        str(tiny_model_dir),
-        "--config",
-        str(config),
-        "--max-steps",
-        "10",
-    )
+    again = _run(runner, ws, *train_args)
     assert again["adapter_id"] == adapter["adapter_id"]  # same inputs, same artifact: reused
     result = runner.invoke(
         app,

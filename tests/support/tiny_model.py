@@ -74,3 +74,22 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def randomize_weights(folder: Path, scale: float = 0.3, seed: int = 1) -> Path:
+    """Overwrite every non-norm weight in ``folder`` with N(0, scale^2) noise (seeded) and save it back.
+
+    The default init answers nothing but newlines; larger random weights make answers differ in content and
+    length across prompts, which makes batching bugs visible.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder

@@ -1,0 +1,110 @@
+"""MinHash signatures stored in the catalog, per record and parameter set, so rescans sketch only new records.
+
+A signature is a pure function of the record's text in one scope (records are content-addressed, so of the
+record id) and of the sketch parameters; ``params_hash`` names both. Signatures are written in chunks, each in
+its own short transaction, and only for records that have none: a scan killed half-way leaves whole chunks
+behind, and the rerun sketches the rest without writing any row twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from curation.minhash import MinHasher, MinHashParams, Sketches, from_bytes
+from schemas.catalog import Catalog, utcnow
+from schemas.ids import canonical_json, sha256_text
+
+WRITE_CHUNK = 50_000  # records per write transaction
+
+
+def params_hash(params: MinHashParams, scope: str) -> str:
+    return "mh_" + sha256_text(canonical_json({"scope": scope, **params.identity()}))[:16]
+
+
+@dataclass(frozen=True)
+class SignatureLookup:
+    sketches: Sketches  # aligned with the requested record ids
+    sketched: int  # records sketched in this call
+    reused: int  # records whose signature came from the catalog
+
+
+def load_signatures(
+    catalog: Catalog, key: str, record_ids: Sequence[str], num_perm: int
+) -> tuple[np.ndarray, Sketches]:
+    """(found mask, sketches) for ``record_ids``; rows not found are zero."""
+    n = len(record_ids)
+    found = np.zeros(n, dtype=bool)
+    signatures = np.zeros((n, num_perm), dtype=np.uint32)
+    n_shingles = np.zeros(n, dtype=np.int64)
+    wanted = pa.table({"record_id": list(record_ids), "pos": np.arange(n, dtype=np.int64)})
+    with catalog.read() as con:
+        con.register("wanted_ids", wanted)
+        table = con.sql(
+            "SELECT w.pos, s.n_shingles, s.signature FROM wanted_ids w JOIN minhash_signatures s "
+            "ON s.record_id = w.record_id AND s.params_hash = $key",
+            params={"key": key},
+        ).to_arrow_table()
+        con.unregister("wanted_ids")
+    if table.num_rows:
+        pos = table.column("pos").to_numpy()
+        found[pos] = True
+        n_shingles[pos] = table.column("n_shingles").to_numpy()
+        signatures[pos] = from_bytes(table.column("signature").to_pylist(), num_perm)
+    return found, Sketches(signatures, n_shingles)
+
+
+def save_signatures(
+    catalog: Catalog, key: str, params: MinHashParams, scope: str, record_ids: Sequence[str], sketches: Sketches
+) -> None:
+    """Insert signatures for records that have none under ``key`` (one transaction)."""
+    blobs = sketches.signatures.astype("<u4", copy=False).view(np.uint8).reshape(len(record_ids), -1)
+    table = pa.table(
+        {
+            "params_hash": [key] * len(record_ids),
+            "record_id": list(record_ids),
+            "n_shingles": sketches.n_shingles.astype(np.int64),
+            "signature": [row.tobytes() for row in blobs],
+        }
+    )
+    with catalog.write() as con:
+        con.execute(
+            "INSERT OR IGNORE INTO minhash_params VALUES (?, ?, ?)",
+            [key, canonical_json({"scope": scope, **params.identity()}), utcnow()],
+        )
+        con.register("new_signatures", table)
+        con.execute(
+            "INSERT INTO minhash_signatures SELECT n.* FROM new_signatures n "
+            "ANTI JOIN minhash_signatures s ON s.params_hash = n.params_hash AND s.record_id = n.record_id"
+        )
+        con.unregister("new_signatures")
+
+
+def signatures_for(
+    catalog: Catalog | None,
+    record_ids: Sequence[str],
+    texts: Sequence[str],
+    params: MinHashParams,
+    scope: str,
+    on_chunk: Callable[[int], Any] | None = None,
+) -> SignatureLookup:
+    """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog)."""
+    hasher = MinHasher(params)
+    if catalog is None:
+        return SignatureLookup(hasher.sketch(texts), len(texts), 0)
+    key = params_hash(params, scope)
+    found, sketches = load_signatures(catalog, key, record_ids, params.num_perm)
+    missing = np.flatnonzero(~found)
+    for lo in range(0, len(missing), WRITE_CHUNK):
+        chunk = missing[lo : lo + WRITE_CHUNK]
+        new = hasher.sketch([texts[i] for i in chunk])
+        sketches.signatures[chunk] = new.signatures
+        sketches.n_shingles[chunk] = new.n_shingles
+        save_signatures(catalog, key, params, scope, [record_ids[i] for i in chunk], new)
+        if on_chunk is not None:
+            on_chunk(len(chunk))
+    return SignatureLookup(sketches, len(missing), int(found.sum()))

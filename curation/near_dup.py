@@ -1,0 +1,214 @@
+"""Near-duplicate detection: MinHash LSH candidates, verified by exact Jaccard, clustered with union-find.
+
+The pipeline over a list of texts: sketch (:mod:`curation.minhash`, or signatures stored earlier), candidate
+pairs from the band join (:mod:`curation.lsh`), then every candidate is verified on the exact shingle sets, so
+no reported pair is below the threshold. Verified pairs are joined by union-find; each cluster keeps the member
+with the smallest :class:`~curation.exact_dup.KeepRank` (approved in review, best quality, earliest ingest,
+smallest id) and every other member points at it with its exact Jaccard similarity to it.
+
+Union-find is transitive: in a chain a~b~c, ``c`` may be less similar to the kept ``a`` than the threshold.
+Such a member still carries its true similarity to the kept record, plus its most similar verified neighbour,
+so the catalog says exactly why it was removed.
+
+The result does not depend on the order of the input: texts are processed in record-id order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.exact_dup import DuplicateCluster, KeepRank, rank_key
+from curation.lsh import candidate_pairs, collision_probability, optimal_params
+from curation.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
+from curation.verify import ShingleSets, verify_pairs
+
+Scope = Literal["pair", "prompt", "response"]
+
+
+class NearDupConfig(BaseModel):
+    """Configuration of the ``near_dup`` check (``refinery scan --threshold --scope``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(0.7, gt=0.0, le=1.0, description="Minimum exact Jaccard similarity of a pair.")
+    scope: Scope = Field("pair", description="Text compared: the whole pair, the prompt alone or the response.")
+    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations per signature.")
+    ngram: int = Field(5, ge=1, le=64, description="Tokens per shingle (characters for scripts without spaces).")
+    bands: int | None = Field(None, ge=1, description="LSH bands; derived from the threshold when unset.")
+    rows: int | None = Field(None, ge=1, description="LSH rows per band; set together with bands.")
+    false_positive_weight: float = Field(
+        0.05, ge=0.0, le=1.0, description="Weight of the false-positive area when deriving bands/rows."
+    )
+    false_negative_weight: float = Field(
+        0.95,
+        ge=0.0,
+        le=1.0,
+        description="Weight of the false-negative area; high because verification removes false positives.",
+    )
+    bucket_window: int = Field(100, ge=1, description="Most partners per text in one LSH bucket.")
+    prefilter_sigmas: float | None = Field(
+        4.0,
+        ge=0.0,
+        description="Skip verifying candidates whose MinHash estimate is more than this many standard errors "
+        "below the threshold (at 4, a pair at the threshold is lost with probability about 3e-5); None verifies "
+        "every candidate.",
+    )
+    seed: int = Field(1, description="Seed of the MinHash permutations (changes every signature).")
+
+    @model_validator(mode="after")
+    def _bands_and_rows(self) -> NearDupConfig:
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("set bands and rows together, or neither")
+        if self.bands is not None and self.rows is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def band_params(self) -> tuple[int, int]:
+        if self.bands is not None and self.rows is not None:
+            return self.bands, self.rows
+        return optimal_params(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
+
+    def minhash_params(self) -> MinHashParams:
+        return MinHashParams(num_perm=self.num_perm, ngram=self.ngram, seed=self.seed)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    record_id: str
+    similarity: float
+
+
+@dataclass
+class NearDupResult:
+    clusters: list[DuplicateCluster]
+    pairs: list[tuple[str, str, float]]  # verified (left id, right id, exact Jaccard), left < right
+    nearest: dict[str, Neighbour]  # most similar verified neighbour of each record in a pair
+    empty: set[str]  # records whose text has no shingles (they take no part)
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def find_near_duplicates(
+    record_ids: Sequence[str],
+    texts: Sequence[str],
+    ranks: dict[str, KeepRank],
+    config: NearDupConfig | None = None,
+    sketches: Sketches | None = None,
+    prefix: str = "nd_",
+) -> NearDupResult:
+    """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order)."""
+    config = config or NearDupConfig()
+    if len(record_ids) != len(texts):
+        raise ValueError("record_ids and texts differ in length")
+    clock = [time.perf_counter()]
+    order = sorted(range(len(record_ids)), key=lambda i: record_ids[i])
+    ids = [record_ids[i] for i in order]
+    texts = [texts[i] for i in order]
+    if sketches is None:
+        sketches = MinHasher(config.minhash_params()).sketch(texts)
+    else:
+        sketches = Sketches(sketches.signatures[order], sketches.n_shingles[order])
+    active = sketches.n_shingles > 0
+    clock.append(time.perf_counter())
+    bands, rows = config.band_params()
+    left, right = candidate_pairs(sketches.signatures, bands, rows, active, config.bucket_window)
+    n_candidates = len(left)
+    if config.prefilter_sigmas is not None and n_candidates:
+        margin = config.prefilter_sigmas * math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+        keep = estimate_pairs(sketches.signatures, left, right) >= config.threshold - margin
+        left, right = left[keep], right[keep]
+    clock.append(time.perf_counter())
+    good_left, good_right, similarity, sets = verify_pairs(texts, left, right, config.threshold, config.ngram)
+    verified = list(zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True))
+    clock.append(time.perf_counter())
+
+    finder = _UnionFind(len(ids))
+    for i, j, _ in verified:
+        finder.union(i, j)
+    nearest = _nearest(ids, verified)
+    groups: dict[int, list[int]] = {}
+    for member in sorted({k for a, b, _ in verified for k in (a, b)}):
+        groups.setdefault(finder.find(member), []).append(member)
+    clusters = _clusters(ids, list(groups.values()), ranks, sets, prefix)
+    clock.append(time.perf_counter())
+    stats = {
+        "threshold": config.threshold,
+        "scope": config.scope,
+        "num_perm": config.num_perm,
+        "ngram": config.ngram,
+        "bands": bands,
+        "rows": rows,
+        "recall_at_threshold": round(collision_probability(config.threshold, bands, rows), 4),
+        "candidate_pairs": n_candidates,
+        "prefiltered_pairs": n_candidates - len(left),
+        "verified_pairs": len(verified),
+        "empty_texts": int((~active).sum()),
+        "stage_seconds": dict(
+            zip(("sketch", "candidates", "verify", "cluster"), np.diff(clock).round(3).tolist(), strict=True)
+        ),
+    }
+    empty = {ids[i] for i in np.flatnonzero(~active).tolist()}
+    pairs = [(ids[i], ids[j], s) for i, j, s in verified]
+    return NearDupResult(clusters, pairs, nearest, empty, stats)
+
+
+def _nearest(ids: list[str], verified: list[tuple[int, int, float]]) -> dict[str, Neighbour]:
+    """Most similar verified neighbour of each record (ties: the smallest record id)."""
+    best: dict[int, tuple[float, int]] = {}
+    for i, j, similarity in verified:
+        for me, other in ((i, j), (j, i)):
+            current = best.get(me)
+            if current is None or similarity > current[0] or (similarity == current[0] and other < current[1]):
+                best[me] = (similarity, other)
+    return {ids[me]: Neighbour(ids[other], similarity) for me, (similarity, other) in best.items()}
+
+
+def _clusters(
+    ids: list[str], groups: list[list[int]], ranks: dict[str, KeepRank], sets: ShingleSets, prefix: str
+) -> list[DuplicateCluster]:
+    """A cluster per group: the kept member by rank, and every member's exact similarity to it."""
+    kept = [min(members, key=lambda i: rank_key(ranks[ids[i]])) for members in groups]
+    member_index = np.array([i for members in groups for i in members], dtype=np.int64)
+    kept_index = np.repeat(np.array(kept, dtype=np.int64), [len(m) for m in groups])
+    similarity = iter(sets.jaccard(member_index, kept_index).tolist())
+    clusters = []
+    for members, keeper in zip(groups, kept, strict=True):
+        to_kept = {ids[i]: (1.0 if i == keeper else s) for i, s in zip(members, similarity, strict=False)}
+        runner_up = min((i for i in members if i != keeper), key=lambda i: rank_key(ranks[ids[i]]))
+        member_ids = sorted(to_kept)
+        digest = hashlib.sha256("\n".join(member_ids).encode()).hexdigest()
+        clusters.append(
+            DuplicateCluster(
+                cluster_id=f"{prefix}{digest[:16]}",
+                kept=ids[keeper],
+                members=tuple(member_ids),
+                keep_reason=ranks[ids[keeper]].reason_against(ranks[ids[runner_up]]),
+                similarities=tuple(to_kept[m] for m in member_ids),
+            )
+        )
+    clusters.sort(key=lambda c: c.cluster_id)
+    return clusters
