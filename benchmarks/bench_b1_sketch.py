@@ -20,7 +20,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from dedup_common import alpaca_text, machine, python_shingles, table, toolformer, write_result  # noqa: E402
+from dedup_common import alpaca_text, machine, python_shingles, table, toolformer, write_result
 
 
 def mutate(rng: random.Random, text: str) -> str:

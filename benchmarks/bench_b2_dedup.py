@@ -44,14 +44,31 @@ ASKS = [
     *["Who can I contact?", "Can I get my money back?", "Why does this happen?"],
 ]
 ANSWERS = [
-    "Please open the app, go to {s} and tap on help; we will check it within {d} days.",
-    "This usually takes up to {d} working days. If it is still {p} after that, contact us in the chat.",
-    "We are sorry about this. A fee of {a} euros applies in {c}; you can see it under statements.",
-    "You can reset it in the security settings. If the problem continues, order a new card for free.",
-    "Transfers to {c} can take {d} days. We refund any duplicate charge automatically.",
+    "Please open the app, go to {s} and tap on help.",
+    "This usually takes up to {d} working days.",
+    "We are sorry about the trouble with {m}.",
+    "A fee of {a} euros applies to payments in {c}.",
+    "You can reset it in the security settings.",
+    "Payments to {m} for {i} can take {d} days to show.",
+    "We refund any duplicate charge from {m} automatically.",
+    "If it is still {p} after that, write to us in the chat.",
+    "Your {i} order with {m} is covered by our purchase protection.",
+    "Order a new card for free if the problem continues.",
+    "Check that {c} is allowed in your card settings.",
+    "We opened case {r} for you; an agent will answer within {d} hours.",
 ]
 CITIES = ["Berlin", "Madrid", "Lisbon", "Warsaw", "Dublin", "Vienna", "Rome", "Oslo", "Prague", "Athens"]
 ORDINALS = ["second", "third", "fourth", "fifth"]
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "za", "be", "do", "fu", "gi", "ho", "ju", "pe"]
+
+
+def _pseudo_words(seed: int, count: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))) for _ in range(count)]
+
+
+MERCHANTS = [w.capitalize() for w in _pseudo_words(1, 5000)]
+ITEMS = _pseudo_words(2, 3000)
 
 
 def make_record(rng: random.Random) -> str:
@@ -62,15 +79,24 @@ def make_record(rng: random.Random) -> str:
         "n": rng.choice(ORDINALS),
         "s": rng.choice(SUBJECTS),
         "p": rng.choice(PROBLEMS),
+        "m": MERCHANTS[
+            min(int(rng.paretovariate(1.0)) - 1, len(MERCHANTS) - 1)
+            if rng.random() < 0.3
+            else rng.randrange(len(MERCHANTS))
+        ],
+        "i": rng.choice(ITEMS),
+        "r": rng.randint(10000, 99999),
     }
     parts = [
         rng.choice(GREETINGS),
         rng.choice(SUBJECTS).capitalize(),
         rng.choice(PROBLEMS),
         rng.choice(CONTEXT).format(**fill) + ".",
+        "I bought {i} from {m}.".format(**fill) if rng.random() < 0.7 else "",
         rng.choice(ASKS),
     ]
-    return " ".join(p for p in parts if p) + "\n" + rng.choice(ANSWERS).format(**fill)
+    answer = " ".join(a.format(**fill) for a in rng.sample(ANSWERS, rng.randint(2, 3)))
+    return " ".join(p for p in parts if p) + "\n" + answer
 
 
 def edit(rng: random.Random, text: str) -> str:

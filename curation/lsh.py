@@ -111,7 +111,17 @@ def candidate_pairs(
     codes = []
     for band in range(bands):
         a, b = _bucket_pairs(keys[:, band], window)
-        lo, hi = np.minimum(a, b), np.maximum(a, b)
-        codes.append(np.unique(index[lo] * n + index[hi]))
-    merged = np.unique(np.concatenate(codes))
+        codes.append(index[np.minimum(a, b)] * n + index[np.maximum(a, b)])
+    merged = sorted_unique(np.concatenate(codes))
     return merged // n, merged % n
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (numpy 2.x's hash-based unique is several times slower on int64 here)."""
+    values = np.sort(values)
+    if len(values) < 2:
+        return values
+    keep = np.empty(len(values), dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]

@@ -95,7 +95,7 @@ class _Powers:
 
     def get(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         if len(self.up) < n:
-            size = max(n, 2 * len(self.up), 1 << 16)
+            size = max(n, 2 * len(self.up), 1 << 21)  # 2M: a default text batch never regrows it
             up = np.full(size, self.base, dtype=np.uint64)
             up[0] = 1
             self.up = np.cumprod(up)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from curation.lsh import sorted_unique
 from curation.shingles import shingle_batch
 
 _LOW32 = np.uint64(0xFFFFFFFF)
@@ -23,7 +24,7 @@ class ShingleSets:
     """The exact shingle sets of ``texts[i]`` for each ``i`` in ``positions``."""
 
     def __init__(self, texts: Sequence[str], positions: np.ndarray, ngram: int, batch_chars: int = 1 << 22) -> None:
-        self.positions = np.unique(positions).astype(np.int64)
+        self.positions = sorted_unique(np.asarray(positions, dtype=np.int64))
         hashes, local = [], []
         lo = 0
         while lo < len(self.positions):
@@ -36,11 +37,12 @@ class ShingleSets:
             local.append(np.repeat(np.arange(lo, hi, dtype=np.uint64), batch.counts))
             lo = hi
         all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
-        ranks = np.unique(all_hashes, return_inverse=True)[1].astype(np.uint64).reshape(-1)
-        if len(ranks) and int(ranks.max()) > int(_LOW32):
+        distinct = sorted_unique(all_hashes)
+        if len(distinct) > int(_LOW32):
             raise ValueError("more than 2^32 distinct shingles among the texts to verify")
+        ranks = np.searchsorted(distinct, all_hashes).astype(np.uint64)
         owners = np.concatenate(local) if local else np.zeros(0, dtype=np.uint64)
-        self.keys = np.unique((owners << np.uint64(32)) | ranks)
+        self.keys = sorted_unique((owners << np.uint64(32)) | ranks)
         self.sizes = np.bincount((self.keys >> np.uint64(32)).astype(np.int64), minlength=len(self.positions))
         self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
 
