@@ -299,7 +299,7 @@ def main() -> None:
         ratio = results["datasketch"]["seconds"] / ours["seconds"]
         payload["speedup_vs_datasketch"] = ratio
         speedup = f", {ratio:.1f}x faster than datasketch"
-    path = write_result("b2_dedup", payload)
+    path = write_result(f"b2_dedup_n{args.n}", payload)
     print(f"wrote {path}")
     print(
         f"B2: refinery {args.n} records in {ours['seconds']:.1f} s, peak RSS {ours['peak_rss_mb']:.0f} MB{speedup}; "

@@ -96,7 +96,7 @@ def _bucket_pairs(keys: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray
 
 
 def candidate_pairs(
-    signatures: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None, window: int = 100
+    signatures: np.ndarray, bands: int, rows: int, active: np.ndarray | None = None, window: int = 1000
 ) -> tuple[np.ndarray, np.ndarray]:
     """Unique candidate pairs ``(left, right)`` of row indices, ``left < right``, sorted.
 

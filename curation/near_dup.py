@@ -45,15 +45,15 @@ class NearDupConfig(BaseModel):
     bands: int | None = Field(None, ge=1, description="LSH bands; derived from the threshold when unset.")
     rows: int | None = Field(None, ge=1, description="LSH rows per band; set together with bands.")
     false_positive_weight: float = Field(
-        0.05, ge=0.0, le=1.0, description="Weight of the false-positive area when deriving bands/rows."
+        0.02, ge=0.0, le=1.0, description="Weight of the false-positive area when deriving bands/rows."
     )
     false_negative_weight: float = Field(
-        0.95,
+        0.98,
         ge=0.0,
         le=1.0,
         description="Weight of the false-negative area; high because verification removes false positives.",
     )
-    bucket_window: int = Field(100, ge=1, description="Most partners per text in one LSH bucket.")
+    bucket_window: int = Field(1000, ge=1, description="Most partners per text in one LSH bucket.")
     prefilter_sigmas: float | None = Field(
         4.0,
         ge=0.0,

@@ -19,6 +19,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ValidationError
 
 from curation.check_types import CheckContext, CheckFn, CheckOutput, Finding, ScanRecord
+from curation.contamination_check import CHECK_NAME as EVAL_CHECK
+from curation.contamination_check import ContaminationConfig, check_near_dup_eval, eval_items_hash
 from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
 from curation.near_dup import NearDupConfig
 from curation.near_dup_check import SCOPE_CHECKS, check_near_dup, resolve_scope
@@ -103,10 +105,14 @@ CHECKS: dict[str, CheckFn] = {
     "exact": check_exact,
     "exact_prompt": check_exact_prompt,
     **{name: check_near_dup for name in SCOPE_CHECKS.values()},
+    EVAL_CHECK: check_near_dup_eval,
 }
 #: Checks that take configuration (``run_scan(config={name: {...}})``): name -> validated config model.
-CHECK_CONFIGS: dict[str, type[BaseModel]] = {name: NearDupConfig for name in SCOPE_CHECKS.values()}
-DEFAULT_CHECKS = ("exact", "exact_prompt")
+CHECK_CONFIGS: dict[str, type[BaseModel]] = {
+    **{name: NearDupConfig for name in SCOPE_CHECKS.values()},
+    EVAL_CHECK: ContaminationConfig,
+}
+DEFAULT_CHECKS = ("exact", "exact_prompt", "near_dup")
 
 
 @dataclass
@@ -170,7 +176,7 @@ def resolve_checks(
             resolved[name] = None
             continue
         values = dict(config.get(name) or {})
-        if name != "near_dup" and "scope" not in values:
+        if name in SCOPE_CHECKS.values() and name != "near_dup" and "scope" not in values:
             values["scope"] = next(s for s, c in SCOPE_CHECKS.items() if c == name)
         try:
             validated = model.model_validate(values)
@@ -200,6 +206,8 @@ def run_scan(
     params = {name: model.model_dump(mode="json") for name, model in resolved.items() if model is not None}
     if params:  # absent for checks without config, so earlier scan ids stay valid
         scan_config["params"] = params
+    if EVAL_CHECK in resolved:  # the result depends on the registered eval sets too
+        scan_config["eval_items"] = eval_items_hash(catalog)
     records_hash = sha256_text("\n".join(r.record_id for r in records))
     scan_id = artifact_id("scan", {"records": records_hash, "config": scan_config})
     with catalog.read() as con:

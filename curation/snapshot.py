@@ -39,7 +39,7 @@ class SnapshotPolicy(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of groups in test.")
     seed: int = Field(0, description="Changes every split assignment; keep it fixed across versions.")
     exclude_duplicates: list[str] = Field(
-        default_factory=lambda: ["exact"],
+        default_factory=lambda: ["exact", "near_dup"],
         description="Duplicate checks whose removed (non-kept) members are left out.",
     )
     group_by: str | None = Field(

@@ -136,22 +136,43 @@ def ingest(
 
 @app.command()
 def scan(
-    checks: Annotated[str, typer.Option(help="Comma-separated checks to run.")] = "exact,exact_prompt",
+    checks: Annotated[
+        str, typer.Option(help="Comma-separated checks: exact, exact_prompt, near_dup, near_dup_prompt, ...")
+    ] = "exact,exact_prompt,near_dup",
+    threshold: Annotated[
+        float | None, typer.Option(help="near_dup checks: minimum exact Jaccard of a reported pair (0.7).")
+    ] = None,
+    scope: Annotated[
+        str | None, typer.Option(help="near_dup: compare the whole pair, the prompt alone or the response (pair).")
+    ] = None,
+    ngram: Annotated[int | None, typer.Option(help="near_dup checks: tokens per shingle (5).")] = None,
+    num_perm: Annotated[int | None, typer.Option(help="near_dup checks: MinHash permutations (128).")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON: check name -> its options.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""
     with cli_errors():
         from curation.scan import run_scan
 
+        names = [c.strip() for c in checks.split(",") if c.strip()]
+        per_check: dict[str, dict[str, Any]] = _load_config(config) if config else {}
+        options = {"threshold": threshold, "scope": scope, "ngram": ngram, "num_perm": num_perm}
+        given = {k: v for k, v in options.items() if v is not None}
+        if given:
+            targets = [n for n in names if n.startswith("near_dup")]
+            if not targets:
+                raise UsageError(f"--{', --'.join(given).replace('_', '-')} only apply to near_dup checks")
+            for name in targets:
+                per_check.setdefault(name, {}).update(given)
         ws = _ws()
-        result = run_scan(ws.catalog, [c.strip() for c in checks.split(",") if c.strip()])
+        result = run_scan(ws.catalog, names, per_check or None)
         if as_json:
             emit_json(result.to_json())
         else:
             print_facts({"scan_id": result.scan_id, "records": result.records, "seconds": result.seconds})
+            shown = ("clusters", "duplicates", "flagged", "threshold", "scope", "error")
             print_table(
-                [{"check": k, **{kk: vv for kk, vv in v.items() if kk != "trace"}} for k, v in result.checks.items()],
-                title="checks",
+                [{"check": k, **{kk: v.get(kk) for kk in shown}} for k, v in result.checks.items()], title="checks"
             )
 
 

@@ -136,3 +136,24 @@ def test_workspace_comes_from_the_environment(
 
 def test_typer_app_is_the_console_script() -> None:
     assert isinstance(app, typer.Typer)
+
+
+def test_scan_near_dup_options_reach_the_check(runner: CliRunner, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    lines = [
+        json.dumps(
+            {"instruction": "please tell me the opening hours of the main library on saturday", "output": "9-5"}
+        ),
+        json.dumps({"instruction": "please tell me the opening hours of the main library on sunday", "output": "9-5"}),
+        json.dumps({"instruction": "what is the capital city of france and why", "output": "Paris"}),
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    _invoke(runner, ws, "ingest", str(tmp_path / "d.jsonl"))
+    code, out, err = _invoke(
+        runner, ws, "scan", "--checks", "near_dup", "--scope", "prompt", "--threshold", "0.6", "--json"
+    )
+    assert code == 0, err
+    payload = json.loads(out)
+    assert payload["near_dup_prompt"]["threshold"] == 0.6 and payload["near_dup_prompt"]["duplicates"] == 1
+    code, _, err = _invoke(runner, ws, "scan", "--checks", "exact", "--threshold", "0.8")
+    assert code == 2 and "near_dup" in err

@@ -1,0 +1,348 @@
+"""Contamination: training records that nearly duplicate a registered eval item or a frozen snapshot member.
+
+Two sets are compared, never a set with itself: the *query* records (the training records, or a new batch)
+and the *reference* records (the eval items of every registered eval set, or the members of a snapshot).
+Candidates come from a cross band join (:func:`cross_candidate_pairs`: a query and a reference text sharing
+all rows of one LSH band), are pre-filtered by their MinHash estimate like ``near_dup``'s, and every reported
+match is verified by its exact Jaccard similarity on the shingle sets, so none is below the threshold.
+Signatures come from :mod:`curation.minhash_store` under the same parameter set as ``near_dup`` in that
+scope, so a record sketched by either check is never sketched again.
+
+The ``near_dup_eval`` check: one finding per training record; score = the best exact Jaccard to any eval item
+(0.0 when none reaches the threshold); flagged when one does; the reason and details name the best eval item
+(ties: smallest eval record id, then eval set name). A training record that *is* an eval item (same content,
+so the same record id) matches itself with similarity 1.0 and is flagged. Nothing is clustered or removed
+here: the finding says which eval item leaked, and a reviewer or a snapshot policy decides.
+
+Default threshold 0.6, lower than ``near_dup``'s 0.7, because a missed leak costs more than a reviewed
+false alarm and eval items are short prompts: with 5-word shingles, one substituted word in the middle of an
+``n``-word prompt gives Jaccard ``(n-9)/(n+1)``, which reaches 0.7 only from 33 words but 0.6 from 24 words.
+Prompts shorter than the shingle size are a single shingle, so they match only when equal after
+normalisation, whatever the threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
+from curation.lsh import band_keys, collision_probability, sorted_unique
+from curation.minhash import Sketches, estimate_pairs
+from curation.minhash_store import signatures_for
+from curation.near_dup import NearDupConfig, Scope
+from curation.near_dup_check import scope_text
+from curation.verify import verify_pairs
+from schemas.catalog import Catalog
+from schemas.ids import canonical_json, sha256_text
+
+CHECK_NAME = "near_dup_eval"
+
+
+class ContaminationError(Exception):
+    """The comparison cannot run (unknown snapshot or batch, bad arguments)."""
+
+
+class ContaminationConfig(BaseModel):
+    """Configuration of ``near_dup_eval`` and of :func:`check_against_snapshot`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    threshold: float = Field(0.6, gt=0.0, le=1.0, description="Minimum exact Jaccard similarity of a match.")
+    scope: Scope = Field("prompt", description="Text compared: the prompt (eval items are prompts), response, pair.")
+    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations per signature.")
+    ngram: int = Field(5, ge=1, le=64, description="Tokens per shingle (characters for scripts without spaces).")
+    bands: int | None = Field(None, ge=1, description="LSH bands; derived from the threshold when unset.")
+    rows: int | None = Field(None, ge=1, description="LSH rows per band; set together with bands.")
+    bucket_window: int = Field(1000, ge=1, description="Most reference partners per query text in one bucket.")
+    prefilter_sigmas: float | None = Field(
+        4.0, ge=0.0, description="Skip verifying candidates this many standard errors below the threshold."
+    )
+    seed: int = Field(1, description="Seed of the MinHash permutations (changes every signature).")
+    eval_sets: list[str] | None = Field(None, description="Compare only with these eval sets (default: all).")
+
+    @model_validator(mode="after")
+    def _valid_near_dup(self) -> ContaminationConfig:
+        self.near_dup_config()
+        return self
+
+    def near_dup_config(self) -> NearDupConfig:
+        """The same sketch and band parameters as a ``near_dup`` config (hence the same stored signatures)."""
+        return NearDupConfig(
+            threshold=self.threshold,
+            scope=self.scope,
+            num_perm=self.num_perm,
+            ngram=self.ngram,
+            bands=self.bands,
+            rows=self.rows,
+            bucket_window=self.bucket_window,
+            prefilter_sigmas=self.prefilter_sigmas,
+            seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class Match:
+    """A query record whose text nearly duplicates a reference record (verified exact Jaccard)."""
+
+    record_id: str  # the training / new-batch record
+    matched_record_id: str  # the eval item or snapshot member
+    similarity: float
+    matched_in: str  # the eval set name, or the snapshot split of the member
+
+
+@dataclass(frozen=True)
+class Reference:
+    record_id: str
+    text: str
+    group: str  # eval set or snapshot split
+
+
+def cross_candidate_pairs(
+    query: np.ndarray,
+    reference: np.ndarray,
+    bands: int,
+    rows: int,
+    query_active: np.ndarray,
+    reference_active: np.ndarray,
+    window: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Unique pairs ``(query row, reference row)`` sharing a band, sorted; never two rows of the same set.
+
+    Per band, the reference keys are sorted once and every query key finds its run of equal keys with two
+    ``searchsorted`` calls; each query row takes at most ``window`` partners of a run.
+    """
+    q_index = np.flatnonzero(query_active).astype(np.int64)
+    r_index = np.flatnonzero(reference_active).astype(np.int64)
+    empty = np.zeros(0, dtype=np.int64)
+    if not len(q_index) or not len(r_index):
+        return empty, empty
+    q_keys = band_keys(query[q_index], bands, rows)
+    r_keys = band_keys(reference[r_index], bands, rows)
+    n_ref = len(reference)
+    codes = []
+    for band in range(bands):
+        order = np.argsort(r_keys[:, band], kind="stable")
+        sorted_keys = r_keys[order, band]
+        lo = np.searchsorted(sorted_keys, q_keys[:, band], side="left")
+        hi = np.searchsorted(sorted_keys, q_keys[:, band], side="right")
+        counts = np.minimum(hi - lo, window)
+        total = int(counts.sum())
+        if not total:
+            continue
+        left = np.repeat(np.arange(len(q_index)), counts)
+        offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+        right = order[np.repeat(lo, counts) + offsets]
+        codes.append(q_index[left] * n_ref + r_index[right])
+    if not codes:
+        return empty, empty
+    merged = sorted_unique(np.concatenate(codes))
+    return merged // n_ref, merged % n_ref
+
+
+def find_matches(
+    catalog: Catalog | None,
+    query_ids: Sequence[str],
+    query_texts: Sequence[str],
+    references: Sequence[Reference],
+    config: ContaminationConfig,
+) -> tuple[list[Match], dict[str, Any], set[str]]:
+    """Every verified (query record, reference) pair at or above the threshold, statistics, and the query
+    records whose text has no shingles (they match nothing).
+
+    Signatures are looked up (or sketched and stored) once per distinct record id across both sides.
+    """
+    nd = config.near_dup_config()
+    clock = [time.perf_counter()]
+    texts_by_id = dict(zip(query_ids, query_texts, strict=True))
+    for ref in references:
+        texts_by_id.setdefault(ref.record_id, ref.text)
+    ids = sorted(texts_by_id)
+    lookup = signatures_for(catalog, ids, [texts_by_id[i] for i in ids], nd.minhash_params(), config.scope)
+    position = {rid: i for i, rid in enumerate(ids)}
+    q_rows = np.array([position[r] for r in query_ids], dtype=np.int64)
+    r_rows = np.array([position[r.record_id] for r in references], dtype=np.int64)
+    sig, n_sh = lookup.sketches.signatures, lookup.sketches.n_shingles
+    query = Sketches(sig[q_rows], n_sh[q_rows])
+    reference = Sketches(sig[r_rows], n_sh[r_rows])
+    clock.append(time.perf_counter())
+
+    bands, rows = nd.band_params()
+    left, right = cross_candidate_pairs(
+        query.signatures,
+        reference.signatures,
+        bands,
+        rows,
+        query.n_shingles > 0,
+        reference.n_shingles > 0,
+        config.bucket_window,
+    )
+    n_candidates = len(left)
+    n_query = len(query_ids)
+    if config.prefilter_sigmas is not None and n_candidates:
+        stacked = np.concatenate([query.signatures, reference.signatures])
+        margin = config.prefilter_sigmas * math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+        keep = estimate_pairs(stacked, left, right + n_query) >= config.threshold - margin
+        left, right = left[keep], right[keep]
+    clock.append(time.perf_counter())
+    all_texts = [*query_texts, *(r.text for r in references)]
+    good_left, good_right, similarity, _ = verify_pairs(
+        all_texts, left, right + n_query, config.threshold, config.ngram
+    )
+    clock.append(time.perf_counter())
+    matches = [
+        Match(query_ids[i], references[j - n_query].record_id, s, references[j - n_query].group)
+        for i, j, s in zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True)
+    ]
+    matches.sort(key=lambda m: (m.record_id, -m.similarity, m.matched_record_id, m.matched_in))
+    stats = {
+        "threshold": config.threshold,
+        "scope": config.scope,
+        "num_perm": config.num_perm,
+        "ngram": config.ngram,
+        "bands": bands,
+        "rows": rows,
+        "recall_at_threshold": round(collision_probability(config.threshold, bands, rows), 4),
+        "candidate_pairs": n_candidates,
+        "prefiltered_pairs": n_candidates - len(left),
+        "verified_pairs": len(matches),
+        "empty_texts": int((query.n_shingles == 0).sum()),
+        "sketched": lookup.sketched,
+        "signatures_reused": lookup.reused,
+        "stage_seconds": dict(
+            zip(("sketch", "candidates", "verify"), np.diff(clock).round(3).tolist(), strict=True)
+        ),
+    }
+    empty = {query_ids[i] for i in np.flatnonzero(query.n_shingles == 0).tolist()}
+    return matches, stats, empty
+
+
+def best_matches(matches: Sequence[Match]) -> dict[str, Match]:
+    """The best match of each query record: highest similarity, then smallest matched id, then group."""
+    best: dict[str, Match] = {}
+    for m in matches:  # sorted by find_matches: the first per record is the best
+        best.setdefault(m.record_id, m)
+    return best
+
+
+def load_eval_items(catalog: Catalog, scope: Scope, eval_sets: Sequence[str] | None = None) -> list[Reference]:
+    """The registered eval items (one per eval set and record), in (eval set, record id) order."""
+    rows = catalog.query(
+        "SELECT eval_set, record_id, prompt, response FROM eval_items ORDER BY eval_set, record_id"
+    )
+    wanted = None if eval_sets is None else set(eval_sets)
+    return [
+        Reference(r["record_id"], _text(r["prompt"], r["response"], scope), str(r["eval_set"]))
+        for r in rows
+        if wanted is None or r["eval_set"] in wanted
+    ]
+
+
+def eval_items_hash(catalog: Catalog) -> str:
+    """Names the registered eval items, so a scan that compares with them is redone when they change."""
+    rows = catalog.query("SELECT eval_set, record_id FROM eval_items ORDER BY eval_set, record_id")
+    return sha256_text(canonical_json([[r["eval_set"], r["record_id"]] for r in rows]))
+
+
+def _text(prompt: str, response: str, scope: Scope) -> str:
+    if scope == "prompt":
+        return prompt
+    if scope == "response":
+        return response
+    return f"{prompt}\n{response}"
+
+
+def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOutput:
+    """The ``near_dup_eval`` scan check (see the module docstring)."""
+    config = ctx.config if isinstance(ctx.config, ContaminationConfig) else ContaminationConfig()
+    if ctx.catalog is None:
+        raise ContaminationError("near_dup_eval needs the catalog (the eval sets are registered there)")
+    started = time.monotonic()
+    references = load_eval_items(ctx.catalog, config.scope, config.eval_sets)
+    ids = [r.record_id for r in records]
+    texts = [scope_text(r, config.scope) for r in records]
+    matches, stats, empty = find_matches(ctx.catalog, ids, texts, references, config)
+    best = best_matches(matches)
+    n_matches: dict[str, int] = {}
+    for m in matches:
+        n_matches[m.record_id] = n_matches.get(m.record_id, 0) + 1
+    findings = []
+    for rid in ids:
+        match = best.get(rid)
+        if match is None:
+            details = {"scope": config.scope, "skipped": "no shingles: empty, whitespace or punctuation only"}
+            findings.append(Finding(rid, 0.0, False, None, details if rid in empty else None))
+            continue
+        similarity = round(match.similarity, 6)
+        reason = (
+            f"near duplicate of eval item {match.matched_record_id} in eval set {match.matched_in!r} "
+            f"(Jaccard {match.similarity:.3f}, {config.scope})"
+        )
+        details = {
+            "eval_set": match.matched_in,
+            "eval_record_id": match.matched_record_id,
+            "similarity": similarity,
+            "scope": config.scope,
+            "eval_matches": n_matches[rid],
+        }
+        findings.append(Finding(rid, match.similarity, True, reason, details))
+    summary = {
+        "contaminated": len(best),
+        "eval_sets": len({r.group for r in references}),
+        "eval_items": len(references),
+        **stats,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+    return CheckOutput(findings, [], summary)
+
+
+def check_against_snapshot(
+    catalog: Catalog,
+    snapshot_id: str,
+    record_ids: Sequence[str] | None = None,
+    batch_id: str | None = None,
+    config: ContaminationConfig | None = None,
+) -> list[Match]:
+    """Records (given, or those of ``batch_id``) that nearly duplicate a member of the frozen snapshot.
+
+    Returns every verified match (``matched_in`` is the member's split), sorted by record id, then best
+    similarity first. A record that is itself a member matches itself with similarity 1.0.
+    """
+    config = config or ContaminationConfig(scope="pair")
+    if (record_ids is None) == (batch_id is None):
+        raise ContaminationError("give either record_ids or batch_id")
+    if catalog.scalar("SELECT count(*) FROM snapshots WHERE snapshot_id = ?", [snapshot_id]) == 0:
+        raise ContaminationError(f"unknown snapshot {snapshot_id!r}")
+    if batch_id is not None:
+        if catalog.scalar("SELECT count(*) FROM ingest_batches WHERE batch_id = ?", [batch_id]) == 0:
+            raise ContaminationError(f"unknown batch {batch_id!r}")
+        rows = catalog.query(
+            "SELECT r.record_id, r.prompt, r.response FROM records r "
+            "WHERE r.record_id IN (SELECT record_id FROM source_rows WHERE batch_id = ?) ORDER BY r.record_id",
+            [batch_id],
+        )
+    else:
+        wanted = sorted(set(record_ids or []))
+        rows = catalog.query(
+            "SELECT record_id, prompt, response FROM records WHERE list_contains(?, record_id) ORDER BY record_id",
+            [wanted],
+        )
+        missing = sorted(set(wanted) - {r["record_id"] for r in rows})
+        if missing:
+            raise ContaminationError(f"unknown record(s): {', '.join(missing[:5])}")
+    members = catalog.query(
+        "SELECT m.record_id, m.split, r.prompt, r.response FROM snapshot_members m JOIN records r USING (record_id) "
+        "WHERE m.snapshot_id = ? ORDER BY m.record_id",
+        [snapshot_id],
+    )
+    references = [Reference(m["record_id"], _text(m["prompt"], m["response"], config.scope), m["split"]) for m in members]
+    ids = [r["record_id"] for r in rows]
+    texts = [_text(r["prompt"], r["response"], config.scope) for r in rows]
+    matches, _, _ = find_matches(catalog, ids, texts, references, config)
+    return matches
