@@ -215,9 +215,7 @@ def find_matches(
         "empty_texts": int((query.n_shingles == 0).sum()),
         "sketched": lookup.sketched,
         "signatures_reused": lookup.reused,
-        "stage_seconds": dict(
-            zip(("sketch", "candidates", "verify"), np.diff(clock).round(3).tolist(), strict=True)
-        ),
+        "stage_seconds": dict(zip(("sketch", "candidates", "verify"), np.diff(clock).round(3).tolist(), strict=True)),
     }
     empty = {query_ids[i] for i in np.flatnonzero(query.n_shingles == 0).tolist()}
     return matches, stats, empty
@@ -233,9 +231,7 @@ def best_matches(matches: Sequence[Match]) -> dict[str, Match]:
 
 def load_eval_items(catalog: Catalog, scope: Scope, eval_sets: Sequence[str] | None = None) -> list[Reference]:
     """The registered eval items (one per eval set and record), in (eval set, record id) order."""
-    rows = catalog.query(
-        "SELECT eval_set, record_id, prompt, response FROM eval_items ORDER BY eval_set, record_id"
-    )
+    rows = catalog.query("SELECT eval_set, record_id, prompt, response FROM eval_items ORDER BY eval_set, record_id")
     wanted = None if eval_sets is None else set(eval_sets)
     return [
         Reference(r["record_id"], _text(r["prompt"], r["response"], scope), str(r["eval_set"]))
@@ -276,15 +272,15 @@ def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
     for rid in ids:
         match = best.get(rid)
         if match is None:
-            details = {"scope": config.scope, "skipped": "no shingles: empty, whitespace or punctuation only"}
-            findings.append(Finding(rid, 0.0, False, None, details if rid in empty else None))
+            skipped = {"scope": config.scope, "skipped": "no shingles: empty, whitespace or punctuation only"}
+            findings.append(Finding(rid, 0.0, False, None, skipped if rid in empty else None))
             continue
         similarity = round(match.similarity, 6)
         reason = (
             f"near duplicate of eval item {match.matched_record_id} in eval set {match.matched_in!r} "
             f"(Jaccard {match.similarity:.3f}, {config.scope})"
         )
-        details = {
+        details: dict[str, object] = {
             "eval_set": match.matched_in,
             "eval_record_id": match.matched_record_id,
             "similarity": similarity,
@@ -341,7 +337,9 @@ def check_against_snapshot(
         "WHERE m.snapshot_id = ? ORDER BY m.record_id",
         [snapshot_id],
     )
-    references = [Reference(m["record_id"], _text(m["prompt"], m["response"], config.scope), m["split"]) for m in members]
+    references = [
+        Reference(m["record_id"], _text(m["prompt"], m["response"], config.scope), m["split"]) for m in members
+    ]
     ids = [r["record_id"] for r in rows]
     texts = [_text(r["prompt"], r["response"], config.scope) for r in rows]
     matches, _, _ = find_matches(catalog, ids, texts, references, config)

@@ -20,6 +20,7 @@ from refinery.output import (
     emit_json,
     print_facts,
     print_table,
+    scan_table_rows,
     stdout,
 )
 from refinery.workspace import Workspace, open_workspace, resolve_workspace_path
@@ -170,10 +171,7 @@ def scan(
             emit_json(result.to_json())
         else:
             print_facts({"scan_id": result.scan_id, "records": result.records, "seconds": result.seconds})
-            shown = ("clusters", "duplicates", "flagged", "threshold", "scope", "error")
-            print_table(
-                [{"check": k, **{kk: v.get(kk) for kk in shown}} for k, v in result.checks.items()], title="checks"
-            )
+            print_table(scan_table_rows(result.checks), title="checks")
 
 
 @snapshot_app.command("create")

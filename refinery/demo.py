@@ -6,7 +6,7 @@ import time
 
 from rich.rule import Rule
 
-from refinery.output import print_facts, print_table, stderr, stdout
+from refinery.output import print_facts, print_table, scan_table_rows, stderr, stdout
 from refinery.workspace import Workspace
 
 STEPS = 8
@@ -74,9 +74,9 @@ def run_demo(
     print_facts(test_batch.to_json())
     _done(t)
 
-    t = _step(4, "scan: exact duplicates on normalised text, whole pair and prompt alone")
+    t = _step(4, "scan: exact duplicates (pair, prompt alone) and MinHash near-duplicates")
     scan = run_scan(ws.catalog)
-    print_table([{"check": k, **v} for k, v in scan.checks.items()], title=f"scan {scan.scan_id}")
+    print_table(scan_table_rows(scan.checks), title=f"scan {scan.scan_id}")
     print_table(
         ws.catalog.query(
             "SELECT cluster_id, is_kept, prompt, response AS label FROM duplicate_clusters "

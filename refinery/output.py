@@ -115,3 +115,13 @@ def _cell(value: Any) -> str:
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
     return str(value)
+
+
+#: Summary keys of a scan check worth a column in a terminal table (the rest is in --json and the catalog).
+SCAN_COLUMNS = ("clusters", "duplicates", "flagged", "conflicting_clusters", "threshold", "scope", "error")
+
+
+def scan_table_rows(checks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per check with the columns of SCAN_COLUMNS that any check reports."""
+    present = [c for c in SCAN_COLUMNS if any(c in summary for summary in checks.values())]
+    return [{"check": name, **{c: summary.get(c) for c in present}} for name, summary in checks.items()]

@@ -139,8 +139,10 @@ def test_thresholds_scopes_and_eval_set_filter(catalog: Catalog, planted: dict[s
     assert {rid for rid, f in findings.items() if f["flagged"]} == {planted["copy"]}
     assert findings[planted["copy"]]["details"]["eval_set"] == "zz"
     pair = run_scan(catalog, ["near_dup_eval"], {"near_dup_eval": {"scope": "pair"}})
-    flagged = {rid for rid, f in _findings(catalog, pair.scan_id).items() if f["flagged"]}
-    assert flagged == {planted["both"]}  # with the responses, only the identical record is close enough
+    findings = _findings(catalog, pair.scan_id)
+    assert {rid for rid, f in findings.items() if f["flagged"]} == {planted["copy"], planted["near"], planted["both"]}
+    assert 0.9 < findings[planted["copy"]]["score"] < 1.0  # 26 shared shingles of 28: the response adds two
+    assert findings[planted["both"]]["score"] == 1.0
     with pytest.raises(ScanError, match="config of 'near_dup_eval'"):
         run_scan(catalog, ["near_dup_eval"], {"near_dup_eval": {"threshold": 0}})
 
@@ -154,17 +156,21 @@ def test_signatures_are_shared_with_near_dup_and_a_new_eval_set_redoes_the_scan(
     stats = first.checks["near_dup_eval"]
     assert stats["sketched"] == 4 and stats["signatures_reused"] == 25  # only eval-only records: q0 q1 q2 q4
     assert run_scan(catalog, ["near_dup_eval"]).reused
-    rows = catalog.query("SELECT record_id FROM records WHERE record_id = ?", [planted["far"]])
-    far_prompt = catalog.scalar("SELECT prompt FROM records WHERE record_id = ?", [rows[0]["record_id"]])
+    far_prompt = catalog.scalar("SELECT prompt FROM records WHERE record_id = ?", [planted["far"]])
     _ingest(catalog, tmp_path, "late", [_ask(far_prompt)], "late")
     again = run_scan(catalog, ["near_dup_eval"])
     assert not again.reused and again.scan_id != first.scan_id
-    assert again.checks["near_dup_eval"]["sketched"] == 0  # the new eval item has the far record's prompt
+    assert again.checks["near_dup_eval"]["sketched"] == 1  # the new eval item only (a prompt-only record)
+    assert again.checks["near_dup_eval"]["signatures_reused"] == 29
     findings = _findings(catalog, again.scan_id)
     assert findings[planted["far"]]["flagged"] and findings[planted["far"]]["details"]["eval_set"] == "late"
-    assert catalog.scalar(
-        "SELECT count(*) FROM (SELECT params_hash, record_id FROM minhash_signatures GROUP BY ALL HAVING count(*) > 1)"
-    ) == 0
+    assert (
+        catalog.scalar(
+            "SELECT count(*) FROM (SELECT params_hash, record_id FROM minhash_signatures "
+            "GROUP BY ALL HAVING count(*) > 1)"
+        )
+        == 0
+    )
 
 
 def test_no_eval_sets_flags_nothing(catalog: Catalog, tmp_path: Path) -> None:
@@ -204,7 +210,9 @@ def test_check_against_snapshot(catalog: Catalog, tmp_path: Path, workspace: Pat
     batch_id = _ingest(catalog, tmp_path, "new", new)
     copy_id = _id_of(catalog, json.loads(frozen[2])["messages"][0]["content"])
     near_id, member_id = _id_of(catalog, near_prompt), _id_of(catalog, member[0]["content"])
-    expected_near = token_jaccard(near_prompt + "\n" + member[1]["content"], member[0]["content"] + "\n" + member[1]["content"])
+    expected_near = token_jaccard(
+        near_prompt + "\n" + member[1]["content"], member[0]["content"] + "\n" + member[1]["content"]
+    )
 
     matches = check_against_snapshot(catalog, snapshot.snapshot_id, batch_id=batch_id)
     assert [(m.record_id, m.matched_record_id, m.matched_in) for m in matches] == sorted(

@@ -1,0 +1,147 @@
+"""A real kill: a scan in a subprocess is SIGKILLed part-way, then a rerun must leave the catalog exactly as a
+clean scan in a fresh catalog would (one scan row, complete; one finding per record and check; no duplicate
+signature rows; the same duplicate clusters).
+
+The child process wraps the catalog writes it is killed around (test code only, nothing in production waits):
+it prints a line at the chosen point and the parent kills it on reading that line, so the kill lands just
+before, during or after a real write transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from curation.ingest.options import IngestOptions
+from curation.ingest.pipeline import ingest
+from curation.scan import run_scan
+from schemas.catalog import Catalog
+from tests.curation.test_near_dup import _chat, _results, mutate, random_text
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECKS = ["exact", "near_dup"]
+N_BASE, N_NEAR = 500, 100  # 600 records, 100 planted near duplicates
+CHUNK = 40  # signature chunk size in the child: 15 write transactions
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    import curation.minhash_store as store
+    import curation.scan as scan
+    from schemas.catalog import Catalog
+
+    path, mode, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store.WRITE_CHUNK = chunk
+    real_save, real_store = store.save_signatures, scan._store_check
+
+    def save(*args, **kwargs):
+        if mode == "during_save":
+            print("saving", flush=True)  # the parent kills while this transaction runs (or just before)
+        real_save(*args, **kwargs)
+        if mode == "after_chunk":
+            print("saved", flush=True)
+            time.sleep(0.05)
+
+    def store_check(catalog, scan_id, name, output):
+        real_store(catalog, scan_id, name, output)
+        if mode == "after_check":
+            print("stored " + name, flush=True)
+            time.sleep(5)
+
+    store.save_signatures = save
+    scan._store_check = store_check
+    scan.run_scan(Catalog(Path(path)), sys.argv[4].split(","))
+    print("done", flush=True)
+    """
+)
+
+
+def _lines() -> list[str]:
+    rng = random.Random(17)
+    bases = [random_text(rng, 40) for _ in range(N_BASE)]
+    near = [mutate(rng, bases[rng.randrange(N_BASE)], 2) for _ in range(N_NEAR)]
+    return [_chat(text, f"answer {i % 7}") for i, text in enumerate(bases + near)]
+
+
+def _catalog(tmp_path: Path, name: str, data: Path) -> Catalog:
+    catalog = Catalog(tmp_path / name / "catalog.duckdb")
+    catalog.migrate()
+    ingest(catalog, [data], IngestOptions(name="data"))
+    return catalog
+
+
+def _kill_child(catalog: Catalog, mode: str, kill_at: int) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(catalog.path), mode, str(CHUNK), ",".join(CHECKS)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        seen = 0
+        while seen < kill_at:
+            line = child.stdout.readline()
+            if not line:
+                child.wait(timeout=60)
+                pytest.fail(f"child ended before the kill point: {child.stderr.read() if child.stderr else ''}")
+            assert line.strip() != "done", "the scan finished before the kill point"
+            seen += 1
+        child.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+@pytest.mark.parametrize(("mode", "kill_at"), [("during_save", 4), ("after_chunk", 3), ("after_check", 1)])
+def test_a_killed_scan_is_finished_by_a_rerun_exactly_like_a_clean_scan(
+    tmp_path: Path, mode: str, kill_at: int
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(_lines()) + "\n", encoding="utf-8")
+    n = N_BASE + N_NEAR
+    killed = _catalog(tmp_path, "killed", data)
+    _kill_child(killed, mode, kill_at)
+
+    assert killed.scalar("SELECT count(*) FROM scans WHERE status = 'running'") == 1
+    assert killed.scalar("SELECT count(*) FROM scans WHERE status = 'complete'") == 0
+    stored = killed.scalar("SELECT count(*) FROM minhash_signatures")
+    if mode == "after_chunk":
+        assert stored == kill_at * CHUNK  # whole chunks only
+    elif mode == "during_save":
+        assert stored in ((kill_at - 1) * CHUNK, kill_at * CHUNK)  # the killed transaction: all or nothing
+    else:
+        assert stored == 0 and killed.scalar("SELECT count(*) FROM findings") == n  # exact stored, not near_dup
+
+    rerun = run_scan(killed, CHECKS)
+    assert not rerun.reused
+    assert rerun.checks["near_dup"]["sketched"] + rerun.checks["near_dup"]["signatures_reused"] == n
+    assert rerun.checks["near_dup"]["signatures_reused"] == stored
+
+    fresh = _catalog(tmp_path, "fresh", data)
+    clean = run_scan(fresh, CHECKS)
+    assert clean.scan_id == rerun.scan_id and clean.checks["near_dup"]["duplicates"] > 0
+
+    for catalog in (killed, fresh):
+        assert catalog.query("SELECT scan_id, status FROM scans") == [{"scan_id": rerun.scan_id, "status": "complete"}]
+        assert catalog.scalar("SELECT count(*) FROM findings") == n * len(CHECKS)
+        assert catalog.scalar(
+            "SELECT count(*) FROM (SELECT DISTINCT scan_id, record_id, check_name FROM findings)"
+        ) == n * len(CHECKS)
+        assert catalog.scalar("SELECT count(*) FROM minhash_signatures") == n
+        assert catalog.scalar("SELECT count(DISTINCT (params_hash, record_id)) FROM minhash_signatures") == n
+        assert catalog.scalar("SELECT count(*) FROM minhash_params") == 1
+    assert _results(killed, rerun.scan_id) == _results(fresh, clean.scan_id)
