@@ -230,6 +230,35 @@ def snapshot_verify(snapshot_id: str, as_json: JsonOpt = False) -> None:
         emit_json(payload) if as_json else stdout.print(f"{snapshot_id}: {payload['files']} files verified")
 
 
+@snapshot_app.command("check")
+def snapshot_check(
+    snapshot_id: Annotated[str, typer.Argument(help="The frozen snapshot to compare against.")],
+    batch: Annotated[str, typer.Option("--batch", "-b", help="Ingest batch whose records are checked.")],
+    threshold: Annotated[float, typer.Option(help="Minimum exact Jaccard of a reported match.")] = 0.7,
+    scope: Annotated[str, typer.Option(help="Compare the whole pair, the prompt alone or the response.")] = "pair",
+    as_json: JsonOpt = False,
+) -> None:
+    """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
+    with cli_errors():
+        from curation.contamination_check import ContaminationConfig, ContaminationError, best_matches
+        from curation.contamination_check import check_against_snapshot as check
+
+        config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
+        try:
+            matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
+        except ContaminationError as exc:
+            raise UsageError(str(exc)) from exc
+        rows = [
+            {"record_id": m.record_id, "matched_record_id": m.matched_record_id, "similarity": m.similarity,
+             "split": m.matched_in}
+            for m in matches.values()
+        ]  # fmt: skip
+        if as_json:
+            emit_json({"snapshot_id": snapshot_id, "batch_id": batch, "matches": rows})
+        else:
+            print_table(rows, title=f"records of {batch} that near-duplicate members of {snapshot_id}")
+
+
 @app.command()
 def train(
     snapshot: Annotated[str, typer.Option("--snapshot", "-s", help="Snapshot id to train on.")],

@@ -157,3 +157,26 @@ def test_scan_near_dup_options_reach_the_check(runner: CliRunner, tmp_path: Path
     assert payload["near_dup_prompt"]["threshold"] == 0.6 and payload["near_dup_prompt"]["duplicates"] == 1
     code, _, err = _invoke(runner, ws, "scan", "--checks", "exact", "--threshold", "0.8")
     assert code == 2 and "near_dup" in err
+
+
+def test_snapshot_check_lists_new_records_that_near_duplicate_members(runner: CliRunner, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    _invoke(runner, ws, "ingest", str(_rows(tmp_path, 40)))
+    _invoke(runner, ws, "scan")
+    snap = json.loads(_invoke(runner, ws, "snapshot", "create", "--json")[1])
+    new = tmp_path / "new.jsonl"
+    new.write_text(
+        json.dumps({"instruction": "say 7", "input": "", "output": "answer 7"})  # a copy of a snapshot row
+        + "\n"
+        + json.dumps({"instruction": "something else entirely", "input": "", "output": "unrelated"})
+        + "\n"
+    )
+    batch = json.loads(_invoke(runner, ws, "ingest", str(new), "--json")[1])
+    code, out, err = _invoke(
+        runner, ws, "snapshot", "check", snap["snapshot_id"], "--batch", batch["batch_id"], "--json"
+    )
+    assert code == 0, err
+    matches = json.loads(out)["matches"]
+    assert len(matches) == 1 and matches[0]["similarity"] == 1.0
+    code, _, err = _invoke(runner, ws, "snapshot", "check", snap["snapshot_id"], "--batch", "batch_nope")
+    assert code == 2 and "unknown batch" in err
