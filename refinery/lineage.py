@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from eval.registry import EVENT_PREFIX as PROMOTION_PREFIX
 from schemas.catalog import Catalog
 from schemas.ids import kind_of
 
@@ -15,8 +16,9 @@ class LineageError(Exception):
 
 def lineage(catalog: Catalog, identifier: str) -> dict[str, Any]:
     """A nested dict: each node has ``kind``, ``id``, a few facts and ``parents`` (list of nodes)."""
-    kind = kind_of(identifier)
+    kind = "promotion" if identifier.startswith(PROMOTION_PREFIX) else kind_of(identifier)
     builders = {
+        "promotion": _promotion_node,
         "eval": _eval_node,
         "adapter": _adapter_node,
         "snapshot": _snapshot_node,
@@ -26,7 +28,8 @@ def lineage(catalog: Catalog, identifier: str) -> dict[str, Any]:
     }
     if kind not in builders:
         raise LineageError(
-            f"{identifier!r} is not an id Refinery knows (expected rec_, batch_, scan_, snap_, adp_ or eval_ prefix)"
+            f"{identifier!r} is not an id Refinery knows "
+            "(expected rec_, batch_, scan_, snap_, adp_, eval_ or promo_ prefix)"
         )
     return builders[kind](catalog, identifier)
 
@@ -73,7 +76,32 @@ def _adapter_node(catalog: Catalog, adapter_id: str) -> dict[str, Any]:
             **({"source": base[0]["source"], "sha256": base[0]["sha256"]} if base else {}),
         },
         "verdicts": verdicts,
+        "promotions": _promotions(catalog, adapter_id),
         "parents": [_snapshot_node(catalog, row["snapshot_id"])],
+    }
+
+
+def _promotions(catalog: Catalog, adapter_id: str) -> list[dict[str, Any]]:
+    """Registry events that made the adapter current or replaced it (promote, force_promote, rollback)."""
+    return catalog.query(
+        "SELECT event_id, action, adapter_id, previous_adapter_id, eval_id, reason, actor, created_at "
+        "FROM promotions WHERE adapter_id = ? OR previous_adapter_id = ? ORDER BY seq",
+        [adapter_id, adapter_id],
+    )
+
+
+def _promotion_node(catalog: Catalog, event_id: str) -> dict[str, Any]:
+    row = _one(catalog, "SELECT * FROM promotions WHERE event_id = ?", [event_id], "promotion event")
+    return {
+        "kind": "promotion",
+        "id": event_id,
+        "action": row["action"],
+        "previous_adapter_id": row["previous_adapter_id"],
+        "eval_id": row["eval_id"],
+        "reason": row["reason"],
+        "actor": row["actor"],
+        "created_at": row["created_at"],
+        "parents": [_adapter_node(catalog, row["adapter_id"])],
     }
 
 
