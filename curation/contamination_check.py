@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
 from curation.lsh import band_keys, collision_probability, sorted_unique
@@ -49,42 +49,17 @@ class ContaminationError(Exception):
     """The comparison cannot run (unknown snapshot or batch, bad arguments)."""
 
 
-class ContaminationConfig(BaseModel):
-    """Configuration of ``near_dup_eval`` and of :func:`check_against_snapshot`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ContaminationConfig(NearDupConfig):
+    """Configuration of ``near_dup_eval`` and of :func:`check_against_snapshot`: the near_dup settings (so the
+    same stored signatures serve both) with defaults for leaks, plus which eval sets to compare with."""
 
     threshold: float = Field(0.6, gt=0.0, le=1.0, description="Minimum exact Jaccard similarity of a match.")
     scope: Scope = Field("prompt", description="Text compared: the prompt (eval items are prompts), response, pair.")
-    num_perm: int = Field(128, ge=2, le=4096, description="MinHash permutations per signature.")
-    ngram: int = Field(5, ge=1, le=64, description="Tokens per shingle (characters for scripts without spaces).")
-    bands: int | None = Field(None, ge=1, description="LSH bands; derived from the threshold when unset.")
-    rows: int | None = Field(None, ge=1, description="LSH rows per band; set together with bands.")
-    bucket_window: int = Field(1000, ge=1, description="Most reference partners per query text in one bucket.")
-    prefilter_sigmas: float | None = Field(
-        4.0, ge=0.0, description="Skip verifying candidates this many standard errors below the threshold."
-    )
-    seed: int = Field(1, description="Seed of the MinHash permutations (changes every signature).")
     eval_sets: list[str] | None = Field(None, description="Compare only with these eval sets (default: all).")
-
-    @model_validator(mode="after")
-    def _valid_near_dup(self) -> ContaminationConfig:
-        self.near_dup_config()
-        return self
 
     def near_dup_config(self) -> NearDupConfig:
         """The same sketch and band parameters as a ``near_dup`` config (hence the same stored signatures)."""
-        return NearDupConfig(
-            threshold=self.threshold,
-            scope=self.scope,
-            num_perm=self.num_perm,
-            ngram=self.ngram,
-            bands=self.bands,
-            rows=self.rows,
-            bucket_window=self.bucket_window,
-            prefilter_sigmas=self.prefilter_sigmas,
-            seed=self.seed,
-        )
+        return NearDupConfig.model_validate(self.model_dump(exclude={"eval_sets"}))
 
 
 @dataclass(frozen=True)

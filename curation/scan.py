@@ -180,7 +180,7 @@ def resolve_checks(
             values["scope"] = next(s for s, c in SCOPE_CHECKS.items() if c == name)
         try:
             validated = model.model_validate(values)
-            target = resolve_scope(name, validated) if isinstance(validated, NearDupConfig) else name
+            target = resolve_scope(name, validated) if type(validated) is NearDupConfig else name
         except (ValidationError, ValueError) as exc:
             problems.append(f"config of {name!r}: {exc}")
             continue
