@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from refinery.cli_registry import register as register_registry_commands
 from refinery.output import (
     EXIT_FAILED,
     CheckFailed,
@@ -382,6 +383,9 @@ def demo(
         verdict = run_demo(_ws(), n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
         if verdict != "pass":
             raise typer.Exit(EXIT_FAILED)
+
+
+register_registry_commands(app)
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:
