@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from refinery.cli_adapter import register as register_adapter_commands
 from refinery.cli_registry import register as register_registry_commands
 from refinery.output import (
     EXIT_FAILED,
@@ -386,6 +387,7 @@ def demo(
 
 
 register_registry_commands(app)
+register_adapter_commands(app)
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:

@@ -87,6 +87,9 @@ def test_merged_folder_answers_like_base_plus_adapter(trained: dict[str, Any], m
     assert not hasattr(plain, "peft_config")  # a standalone model, no peft needed
     for prompt in PROMPTS:
         assert _greedy(plain, plain_tokenizer, prompt) == _greedy(peft_model, tokenizer, prompt)
+    base_model, base_tokenizer = load_for_inference(adapter.base_path)
+    # the adapter changed the answers, so the comparison above is not base versus base
+    assert any(_greedy(base_model, base_tokenizer, p) != _greedy(peft_model, tokenizer, p) for p in PROMPTS)
     ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-4)
