@@ -17,6 +17,7 @@ from refinery.cli_registry import register as register_registry_commands
 from refinery.output import (
     EXIT_FAILED,
     CheckFailed,
+    JsonOpt,
     UsageError,
     cli_errors,
     emit_json,
@@ -40,8 +41,6 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(schema_app, name="schema")
 
 _state: dict[str, Any] = {"workspace": None}
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 
 
 @app.callback()

@@ -7,14 +7,12 @@ from typing import Annotated
 
 import typer
 
-from refinery.output import cli_errors, emit_json, print_facts, stdout
+from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, stdout
 
 ADAPTER_GROUP = "adapter"
 GENERATE_COMMAND = "generate"
 
 adapter_app = typer.Typer(help="Use trained adapters: merge one into its base model.", no_args_is_help=True)
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 
 
 @adapter_app.command("merge")

@@ -11,13 +11,12 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from refinery.output import CheckFailed, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
+from refinery.output import CheckFailed, JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
 
 if TYPE_CHECKING:
     from eval.registry import PromotionEvent
     from refinery.workspace import Workspace
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 #: Columns of `refinery registry` in the terminal (--json has every column of the `registry` view).
 TABLE_COLUMNS = ("adapter_id", "status", "promoted_at", "verdict", "metric", "adapter_score", "eval_id", "created_at")
 

@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 
 stdout = Console()
 stderr = Console(stderr=True)
+
+#: The --json option every command takes.
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a failed check, gate or verification
