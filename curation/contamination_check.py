@@ -33,10 +33,10 @@ import numpy as np
 from pydantic import Field
 
 from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
-from curation.lsh import band_keys, collision_probability, sorted_unique
+from curation.lsh import band_keys, sorted_unique
 from curation.minhash import Sketches, estimate_pairs
 from curation.minhash_store import signatures_for
-from curation.near_dup import NearDupConfig, Scope
+from curation.near_dup import NearDupConfig, Scope, match_stats
 from curation.near_dup_check import scope_text
 from curation.verify import verify_pairs
 from schemas.catalog import Catalog
@@ -177,16 +177,7 @@ def find_matches(
     ]
     matches.sort(key=lambda m: (m.record_id, -m.similarity, m.matched_record_id, m.matched_in))
     stats = {
-        "threshold": config.threshold,
-        "scope": config.scope,
-        "num_perm": config.num_perm,
-        "ngram": config.ngram,
-        "bands": bands,
-        "rows": rows,
-        "recall_at_threshold": round(collision_probability(config.threshold, bands, rows), 4),
-        "candidate_pairs": n_candidates,
-        "prefiltered_pairs": n_candidates - len(left),
-        "verified_pairs": len(matches),
+        **match_stats(config, bands, rows, n_candidates, len(left), len(matches)),
         "empty_texts": int((query.n_shingles == 0).sum()),
         "sketched": lookup.sketched,
         "signatures_reused": lookup.reused,

@@ -156,16 +156,7 @@ def find_near_duplicates(
     clusters = _clusters(ids, list(groups.values()), ranks, sets, prefix)
     clock.append(time.perf_counter())
     stats = {
-        "threshold": config.threshold,
-        "scope": config.scope,
-        "num_perm": config.num_perm,
-        "ngram": config.ngram,
-        "bands": bands,
-        "rows": rows,
-        "recall_at_threshold": round(collision_probability(config.threshold, bands, rows), 4),
-        "candidate_pairs": n_candidates,
-        "prefiltered_pairs": n_candidates - len(left),
-        "verified_pairs": len(verified),
+        **match_stats(config, bands, rows, n_candidates, len(left), len(verified)),
         "empty_texts": int((~active).sum()),
         "stage_seconds": dict(
             zip(("sketch", "candidates", "verify", "cluster"), np.diff(clock).round(3).tolist(), strict=True)
@@ -212,3 +203,21 @@ def _clusters(
         )
     clusters.sort(key=lambda c: c.cluster_id)
     return clusters
+
+
+def match_stats(
+    config: NearDupConfig, bands: int, rows: int, candidates: int, kept: int, verified: int
+) -> dict[str, Any]:
+    """The summary every MinHash matcher reports: its parameters and how many pairs each stage kept."""
+    return {
+        "threshold": config.threshold,
+        "scope": config.scope,
+        "num_perm": config.num_perm,
+        "ngram": config.ngram,
+        "bands": bands,
+        "rows": rows,
+        "recall_at_threshold": round(collision_probability(config.threshold, bands, rows), 4),
+        "candidate_pairs": candidates,
+        "prefiltered_pairs": candidates - kept,
+        "verified_pairs": verified,
+    }
