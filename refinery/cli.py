@@ -241,14 +241,11 @@ def snapshot_check(
 ) -> None:
     """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
     with cli_errors():
-        from curation.contamination_check import ContaminationConfig, ContaminationError, best_matches
+        from curation.contamination_check import ContaminationConfig, best_matches
         from curation.contamination_check import check_against_snapshot as check
 
         config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
-        try:
-            matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
-        except ContaminationError as exc:
-            raise UsageError(str(exc)) from exc
+        matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
         rows = [
             {"record_id": m.record_id, "matched_record_id": m.matched_record_id, "similarity": m.similarity,
              "split": m.matched_in}

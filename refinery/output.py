@@ -35,19 +35,26 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     """Library exceptions that mean 'the user asked for something impossible' (exit 2)."""
     from pydantic import ValidationError
 
+    from curation.contamination_check import ContaminationError
+    from curation.ingest.options import IngestConfigError
     from curation.scan import ScanError
     from curation.snapshot import SnapshotError
     from refinery.lineage import LineageError
 
-    found: list[type[BaseException]] = [UsageError, ScanError, SnapshotError, LineageError, ValidationError]
-    with contextlib.suppress(ImportError):
-        from curation.ingest.options import IngestConfigError
+    found: list[type[BaseException]] = [
+        UsageError,
+        ScanError,
+        SnapshotError,
+        LineageError,
+        ValidationError,
+        IngestConfigError,
+        ContaminationError,
+    ]
+    with contextlib.suppress(ImportError):  # training is an extra; its config errors are usage errors too
+        from training.base_model import BaseModelError
+        from training.config import ConfigError
 
-        found.append(IngestConfigError)
-    with contextlib.suppress(ImportError):
-        from training.errors import TrainingConfigError  # type: ignore[import-not-found,unused-ignore]
-
-        found.append(TrainingConfigError)
+        found += [ConfigError, BaseModelError]
     return tuple(found)
 
 

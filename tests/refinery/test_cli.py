@@ -180,3 +180,15 @@ def test_snapshot_check_lists_new_records_that_near_duplicate_members(runner: Cl
     assert len(matches) == 1 and matches[0]["similarity"] == 1.0
     code, _, err = _invoke(runner, ws, "snapshot", "check", snap["snapshot_id"], "--batch", "batch_nope")
     assert code == 2 and "unknown batch" in err
+
+
+def test_invalid_training_config_is_a_one_line_usage_error(runner: CliRunner, tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    _invoke(runner, ws, "ingest", str(_rows(tmp_path, 40)))
+    _invoke(runner, ws, "scan")
+    snap = json.loads(_invoke(runner, ws, "snapshot", "create", "--json")[1])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: -1\nbatch_size: 0\n")
+    code, out, err = _invoke(runner, ws, "train", "--snapshot", snap["snapshot_id"], "--config", str(bad))
+    assert code == 2 and out == ""
+    assert "learning_rate" in err and "batch_size" in err and len(err.strip().splitlines()) == 1
