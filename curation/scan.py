@@ -71,7 +71,6 @@ def check_exact_prompt(records: Sequence[ScanRecord], ctx: CheckContext | None =
     clusters = cluster_exact(((r.record_id, dedup_key(r.prompt)) for r in records), ranks, "xp_")
     by_member = {m: c for c in clusters for m in c.members}
     findings = []
-    conflicts = 0
     for rec in records:
         cluster = by_member.get(rec.record_id)
         if cluster is None:
@@ -87,11 +86,8 @@ def check_exact_prompt(records: Sequence[ScanRecord], ctx: CheckContext | None =
                 {"cluster_id": cluster.cluster_id, "kept_record_id": cluster.kept},
             )
         )
-    responses: dict[str, set[str]] = {}
     response_of = {r.record_id: dedup_key(r.response) for r in records}
-    for c in clusters:
-        responses[c.cluster_id] = {response_of[m] for m in c.members}
-        conflicts += len(responses[c.cluster_id]) > 1
+    conflicts = sum(len({response_of[m] for m in c.members}) > 1 for c in clusters)
     summary = {
         "clusters": len(clusters),
         "duplicates": sum(len(c.removed) for c in clusters),

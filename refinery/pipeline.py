@@ -23,6 +23,7 @@ from schemas.catalog import add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json
 from schemas.manifest import load_manifest, manifest_sha256, new_manifest, write_manifest
 from schemas.progress import log
+from schemas.records import prompt_text
 
 #: Inside an adapter artifact folder: the peft adapter (weights, config, curves); the manifest sits beside it.
 ADAPTER_SUBDIR = "adapter"
@@ -160,9 +161,11 @@ def evaluate_adapter(
     examples = [example(r, i) for i, r in enumerate(rows)]
     shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
     task = _task_for(train_rows, rows, EvalTask, TaskKind)
-    train_prompts = {dedup_key(_prompt(r["messages"])) for r in train_rows}
+    train_prompts = {dedup_key(prompt_text(r["messages"])) for r in train_rows}
     contaminated_items = [
-        e.record_id for e, r in zip(examples, rows, strict=True) if dedup_key(_prompt(r["messages"])) in train_prompts
+        e.record_id
+        for e, r in zip(examples, rows, strict=True)
+        if dedup_key(prompt_text(r["messages"])) in train_prompts
     ]
     config = EvalConfig.model_validate(overrides)
     ehash = eval_set_hash(examples)
@@ -208,11 +211,6 @@ def _task_for(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]],
     # a record first ingested from a chat file has no label even where a later labelled source repeats it
     labels = {r["label"] if r["label"] is not None else r["messages"][-1]["content"] for r in train_rows + eval_rows}
     return task_cls(kind=kinds.CLASSIFICATION, labels=sorted(labels))
-
-
-def _prompt(messages: list[dict[str, str]]) -> str:
-    body = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
-    return "\n\n".join(m["content"] for m in body if m["role"] != "system")
 
 
 def _register_eval(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -32,6 +33,12 @@ def normalize_content(text: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return text.strip()
+
+
+def prompt_text(messages: Sequence[Mapping[str, str]]) -> str:
+    """Non-system text before the final assistant message of ``messages`` ({role, content} dicts)."""
+    body = messages[:-1] if messages and messages[-1]["role"] == Role.ASSISTANT.value else messages
+    return "\n\n".join(m["content"] for m in body if m["role"] != Role.SYSTEM.value)
 
 
 class Message(BaseModel):
@@ -70,10 +77,7 @@ class Record(BaseModel):
     @property
     def prompt_text(self) -> str:
         """Everything before the final assistant message, as plain text (the 'question' side)."""
-        msgs = self.messages
-        if msgs and msgs[-1].role is Role.ASSISTANT:
-            msgs = msgs[:-1]
-        return "\n\n".join(m.content for m in msgs if m.role is not Role.SYSTEM)
+        return prompt_text(self.messages_as_dicts())
 
     @property
     def response_text(self) -> str:
