@@ -245,7 +245,7 @@ def run_scan(
 
 
 def _delete_scan_rows(con: Any, scan_id: str) -> None:
-    for table in ("findings", "duplicate_members", "scans"):
+    for table in ("findings", "duplicate_members", "finding_pairs", "contamination_hits", "scans"):
         con.execute(f"DELETE FROM {table} WHERE scan_id = ?", [scan_id])
 
 
@@ -286,3 +286,38 @@ def _store_check(catalog: Catalog, scan_id: str, name: str, output: CheckOutput)
                 "kept_record_id, is_kept, similarity, keep_reason FROM dup_chunk"
             )
             con.unregister("dup_chunk")
+        if output.pairs:
+            con.executemany(
+                "INSERT OR REPLACE INTO finding_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        scan_id,
+                        name,
+                        p.record_a,
+                        p.record_b,
+                        float(p.score),
+                        p.prompt_similarity,
+                        p.response_similarity,
+                        p.reason,
+                        canonical_json(p.details) if p.details else None,
+                    ]
+                    for p in output.pairs
+                ],
+            )
+        if output.contamination:
+            con.executemany(
+                "INSERT OR REPLACE INTO contamination_hits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    [
+                        scan_id,
+                        name,
+                        h.record_id,
+                        h.eval_set,
+                        h.eval_item,
+                        float(h.overlap),
+                        h.method,
+                        canonical_json(h.details) if h.details else None,
+                    ]
+                    for h in output.contamination
+                ],
+            )
