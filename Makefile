@@ -8,11 +8,12 @@ STAMP := $(VENV)/.refinery-installed
 TORCH_VERSION := 2.13.0
 DEMO_WORKSPACE ?= demo-workspace
 
-.PHONY: install demo test test-fast lint format bench clean help
+.PHONY: install system-deps demo test test-fast lint format bench clean help
 
 help:
 	@echo "make install   create .venv and install Refinery with the training, data, embedding, review and dev extras"
 	@echo "make demo      run the whole chain on a generated corpus (ingest -> gate verdict -> lineage)"
+	@echo "make system-deps  install the Debian packages tests need (chromium, chromium-driver, redis-server)"
 	@echo "make test      run the whole test suite (slow and real-model tests included)"
 	@echo "make test-fast the suite without slow tests"
 	@echo "make lint      ruff (lint + format check) and mypy"
@@ -34,13 +35,29 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Debian packages the tests use: headless Chromium (HTML report test, Argilla UI) and Redis (Argilla server).
+SYSTEM_PACKAGES := chromium chromium-driver redis-server
+system-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing system packages:$$missing (Debian: sudo apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
 demo: $(STAMP)
 	REFINERY_WORKSPACE=$(DEMO_WORKSPACE) $(BIN)/refinery demo
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-deps
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
