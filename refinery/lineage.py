@@ -1,4 +1,10 @@
-"""`refinery lineage ID`: the chain from an eval run or adapter back to source files and row numbers."""
+"""`refinery lineage ID`: the chain from an eval run or adapter back to source files and row numbers.
+
+adapter -> snapshot (counts, basis of its members, exclusions by reason, policy) -> review rounds (records per
+annotator and decision the snapshot relied on) + scan (checks, thresholds, flagged counts) + ingest batches ->
+source files with row ranges. A record shows its source rows, decisions, forget requests, the original it was
+edited from, and every snapshot and adapter holding it.
+"""
 
 from __future__ import annotations
 
@@ -106,8 +112,9 @@ def _promotion_node(catalog: Catalog, event_id: str) -> dict[str, Any]:
 
 
 def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
+    """The snapshot with its review decisions (per round, annotator and decision), scan, batches and parent."""
     row = _one(catalog, "SELECT * FROM snapshots WHERE snapshot_id = ?", [snapshot_id], "snapshot")
-    parents = []
+    parents = _review_nodes(catalog, snapshot_id)
     if row["scan_id"]:
         parents.append(_scan_node(catalog, row["scan_id"]))
     batches = catalog.query(
@@ -118,13 +125,55 @@ def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
         parents.append(_batch_node(catalog, b["parent_id"], snapshot_id=snapshot_id))
     if row["parent_id"]:
         parents.append({"kind": "snapshot", "id": row["parent_id"], "relation": "parent", "parents": []})
+    basis = catalog.query(
+        "SELECT basis, count(*) AS n FROM snapshot_members WHERE snapshot_id = ? GROUP BY 1 ORDER BY 1", [snapshot_id]
+    )
+    excluded = catalog.query(
+        "SELECT reason, count(*) AS n FROM snapshot_exclusions WHERE snapshot_id = ? GROUP BY 1 ORDER BY 1",
+        [snapshot_id],
+    )
+    contaminated = catalog.scalar(
+        "SELECT count(DISTINCT (eval_set, eval_item)) FROM snapshot_contamination WHERE snapshot_id = ?", [snapshot_id]
+    )
     return {
         "kind": "snapshot",
         "id": snapshot_id,
         "path": row["path"],
         "counts": {"train": row["train"], "validation": row["validation"], "test": row["test"]},
+        "basis": {str(r["basis"]): r["n"] for r in basis},
+        "excluded": {r["reason"]: r["n"] for r in excluded},
+        "contaminated_eval_items": contaminated,
+        "policy": json.loads(row["policy_json"]),
         "parents": parents,
     }
+
+
+def _review_nodes(catalog: Catalog, snapshot_id: str) -> list[dict[str, Any]]:
+    """One node per review round (automatic decisions under 'policy') whose decisions the snapshot relied on:
+    how many records each annotator approved, rejected or edited."""
+    rows = catalog.query(
+        "WITH used AS (SELECT decision_id FROM snapshot_members WHERE snapshot_id = ? AND decision_id IS NOT NULL "
+        "UNION SELECT decision_id FROM snapshot_exclusions WHERE snapshot_id = ? AND decision_id IS NOT NULL) "
+        "SELECT coalesce(d.round_name, 'policy') AS round_name, d.actor, d.decision, count(*) AS records "
+        "FROM review_decisions d JOIN used USING (decision_id) GROUP BY ALL ORDER BY 1, 2, 3",
+        [snapshot_id, snapshot_id],
+    )
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        rounds.setdefault(r["round_name"], []).append(
+            {"actor": r["actor"], "decision": r["decision"], "records": r["records"]}
+        )
+    return [
+        {
+            "kind": "review_round",
+            "id": name,
+            "records": sum(d["records"] for d in decisions),
+            "annotators": sorted({d["actor"] for d in decisions}),
+            "decisions": decisions,
+            "parents": [],
+        }
+        for name, decisions in rounds.items()
+    ]
 
 
 def _scan_node(catalog: Catalog, scan_id: str) -> dict[str, Any]:
@@ -184,6 +233,8 @@ def _batch_node(catalog: Catalog, batch_id: str, snapshot_id: str | None = None)
 
 
 def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
+    """A record: its source rows, the versions it derives from, review decisions, forget requests and where
+    it is used (snapshots and adapters, also through edited versions of it)."""
     row = _one(catalog, "SELECT * FROM records WHERE record_id = ?", [record_id], "record")
     sources = catalog.query(
         "SELECT batch_id, batch_name, purpose, eval_set, file, row, sub_index FROM record_sources "
@@ -191,18 +242,38 @@ def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
         [record_id],
     )
     used_in = catalog.query(
-        "SELECT m.snapshot_id, m.split, a.adapter_id FROM snapshot_members m "
-        "LEFT JOIN adapters a USING (snapshot_id) WHERE m.record_id = ? ORDER BY 1, 3",
+        "SELECT m.snapshot_id, m.split, m.basis, m.record_id AS member_record_id, a.adapter_id "
+        "FROM snapshot_members m LEFT JOIN adapters a USING (snapshot_id) "
+        "WHERE m.record_id = ? OR m.original_record_id = ? ORDER BY 1, 5",
+        [record_id, record_id],
+    )
+    decisions = catalog.query(
+        "SELECT decision_id, decision, actor, round_name, source, edited_record_id, decided_at FROM review_decisions "
+        "WHERE record_id = ? ORDER BY decided_at",
         [record_id],
     )
+    forgotten = catalog.query(
+        "SELECT forget_id, kind, target, reason, actor, created_at FROM forgotten_records WHERE record_id = ?",
+        [record_id],
+    )
+    parents: list[dict[str, Any]] = [
+        {"kind": "source_row", "id": f"{s['file']}:{s['row']}", **s, "parents": []} for s in sources
+    ]
+    version = catalog.query("SELECT * FROM record_versions WHERE record_id = ?", [record_id])
+    if version:
+        v = version[0]
+        original = _record_node(catalog, v["parent_record_id"])
+        parents.append({**original, "relation": v["kind"], "by": v["actor"], "made_by": v["source_id"]})
     return {
         "kind": "record",
         "id": record_id,
         "prompt": row["prompt"][:200],
         "response": row["response"][:200],
         "label": row["label"],
+        "decisions": decisions,
+        "forgotten": forgotten,
         "used_in": used_in,
-        "parents": [{"kind": "source_row", "id": f"{s['file']}:{s['row']}", **s, "parents": []} for s in sources],
+        "parents": parents,
     }
 
 
