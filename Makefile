@@ -8,7 +8,7 @@ STAMP := $(VENV)/.refinery-installed
 TORCH_VERSION := 2.13.0
 DEMO_WORKSPACE ?= demo-workspace
 
-.PHONY: install system-deps demo test test-fast lint format bench clean help
+.PHONY: install review-server system-deps demo test test-fast lint format bench clean help
 
 help:
 	@echo "make install   create .venv and install Refinery with the training, data, embedding, review and dev extras"
@@ -33,7 +33,18 @@ $(STAMP): pyproject.toml
 	  echo "pip check found broken requirements (above)"; exit 1; fi
 	@touch $(STAMP)
 
-install: $(STAMP)
+# argilla-server 2.8.0 in its own venv inside .venv (its CLI needs click<8.2, the training stack click>=8.2);
+# `refinery review serve` finds it there, or creates it on first use (same pins: curation/review/server.py).
+ARGILLA_VENV := $(VENV)/argilla-server
+ARGILLA_STAMP := $(ARGILLA_VENV)/.refinery-installed
+$(ARGILLA_STAMP): $(STAMP)
+	@test -x $(ARGILLA_VENV)/bin/python || $(PYTHON) -m venv $(ARGILLA_VENV)
+	$(ARGILLA_VENV)/bin/pip install --quiet 'argilla-server==2.8.0' 'click<8.2'
+	@touch $(ARGILLA_STAMP)
+
+review-server: $(ARGILLA_STAMP)
+
+install: $(STAMP) $(ARGILLA_STAMP)
 
 # Debian packages the tests use: headless Chromium (HTML report test, Argilla UI) and Redis (Argilla server).
 SYSTEM_PACKAGES := chromium chromium-driver redis-server
@@ -54,7 +65,7 @@ system-deps:
 demo: $(STAMP)
 	REFINERY_WORKSPACE=$(DEMO_WORKSPACE) $(BIN)/refinery demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(ARGILLA_STAMP)
 	$(BIN)/pytest
 
 test-fast: $(STAMP) system-deps

@@ -1,0 +1,268 @@
+"""Review against a REAL Argilla server (argilla-server 2.8.0 from its own venv, SQL search, redis-server).
+
+One server for the module: serve into a temporary workspace, push a planted scan, submit responses as two
+annotators through the REST API with their own keys, pull, and check decisions, edit versions, idempotence,
+agreement, status, calibrate, resumption after injected faults, and that the key appears in no log or output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from typer.testing import CliRunner
+
+from curation.ingest.options import IngestOptions
+from curation.ingest.pipeline import ingest
+from curation.review.connection import ReviewPaths, ReviewServerError, resolve_connection
+from curation.review.pull import pull
+from curation.review.push import push, push_round
+from curation.review.report import calibrate, status
+from curation.review.server import serve, server_venv, stop
+from curation.scan import run_scan
+from refinery.cli import app
+from schemas.catalog import Catalog
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (server_venv() / "bin" / "python").exists() and not os.environ.get("CI"),
+        reason="argilla-server venv missing (make install creates it)",
+    ),
+]
+
+
+def _chat(user: str, assistant: str) -> str:
+    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    saved = {k: os.environ.pop(k) for k in ("ARGILLA_API_URL", "ARGILLA_API_KEY") if k in os.environ}
+    os.environ["REFINERY_PROGRESS"] = "0"
+    ws = tmp_path_factory.mktemp("review") / "ws"
+    ws.mkdir()
+    catalog = Catalog(ws / "catalog.duckdb")
+    catalog.migrate()
+    lines = [_chat(f"question {i} about topic {i}", f"answer {i}") for i in range(20)]
+    lines += [
+        _chat("Where is my card?", "card_lost"),
+        _chat("where is my  CARD", "card_lost"),  # exact duplicate
+        _chat("Has my top up gone through?", "pending_top_up"),
+        _chat("Has my top up gone through?", "top_up_failed"),  # same prompt, conflicting answer
+        _chat("Can I change my PIN?", "change_pin"),
+        _chat("Can I change my PIN?", "pin_blocked"),
+    ]
+    data = ws.parent / "train.jsonl"
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ingest(catalog, [data], IngestOptions(name="train"))
+    scan = run_scan(catalog, ["exact", "exact_prompt"])
+    info = serve(ws, port=_free_port())
+    try:
+        yield {"ws": ws, "catalog": catalog, "scan_id": scan.scan_id, "info": info}
+    finally:
+        stop(ws)
+        os.environ.update(saved)
+
+
+def _annotator_key(url: str, owner: Any, name: str, workspace: str) -> str:
+    import argilla as rg
+
+    password = name + "-pass-1234"
+    user = owner.users(name) or rg.User(username=name, password=password, role="annotator", client=owner).create()
+    user.add_to_workspace(owner.workspaces(workspace))
+    token = requests.post(f"{url}/api/v1/token", data={"username": name, "password": password}, timeout=30).json()
+    me = requests.get(f"{url}/api/v1/me", headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
+    return str(me.json()["api_key"])
+
+
+def _respond(url: str, key: str, dataset_id: str, answers: dict[str, dict[str, str]]) -> None:
+    """Submit ``answers`` (Refinery record id -> question values) from the annotator's own queue."""
+    found = requests.post(
+        f"{url}/api/v1/me/datasets/{dataset_id}/records/search",
+        headers={"X-Argilla-Api-Key": key},
+        json={},
+        params={"limit": 100},
+        timeout=30,
+    )
+    found.raise_for_status()
+    by_external = {item["record"]["external_id"]: item["record"]["id"] for item in found.json()["items"]}
+    for record_id, values in answers.items():
+        response = requests.post(
+            f"{url}/api/v1/records/{by_external[record_id]}/responses",
+            headers={"X-Argilla-Api-Key": key},
+            json={"values": {q: {"value": v} for q, v in values.items()}, "status": "submitted"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+
+
+def _counts(catalog: Catalog) -> dict[str, int]:
+    tables = (
+        "review_responses",
+        "review_decisions",
+        "records",
+        "record_versions",
+        "review_outcomes",
+        "review_agreement",
+    )
+    return {t: int(catalog.scalar(f"SELECT count(*) FROM {t}")) for t in tables}
+
+
+def test_push_resumes_after_a_failure_without_duplicates(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from argilla.records._dataset_records import DatasetRecords
+
+    catalog, ws = env["catalog"], env["ws"]
+    connection = resolve_connection(ws)
+    calls = {"n": 0}
+    real_log = DatasetRecords.log
+
+    def flaky(self: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            import httpx
+
+            raise httpx.ConnectError("server went away")
+        return real_log(self, records, *args, **kwargs)
+
+    monkeypatch.setattr(DatasetRecords, "log", flaky)
+    with pytest.raises(ReviewServerError, match="rerun the command to resume"):
+        push(catalog, connection, round_name="r1", min_submitted=2, batch_size=2)
+    pushed = catalog.scalar("SELECT count(*) FROM review_items WHERE round_name = 'r1' AND pushed_at IS NOT NULL")
+    assert pushed == 2
+    monkeypatch.setattr(DatasetRecords, "log", real_log)
+    result = push(catalog, connection, round_name="r1", min_submitted=2)
+    assert result.queued == 6 and result.already_pushed == 2 and result.pushed == 4
+    again = push_round(catalog, connection, "r1")
+    assert again.pushed == 0 and again.already_pushed == 6
+    owner = connection.client()
+    dataset = owner.datasets(name="refinery-r1", workspace="refinery")
+    server_records = list(dataset.records(with_suggestions=True))
+    assert sorted(r.id for r in server_records) == sorted(
+        r["record_id"] for r in catalog.query("SELECT record_id FROM review_items WHERE round_name = 'r1'")
+    )
+    flagged = {r.id: r for r in server_records}
+    dup = catalog.scalar("SELECT record_id FROM records WHERE prompt = 'where is my  CARD'")
+    assert flagged[dup].fields["other_prompt"] == "Where is my card?"
+    assert flagged[dup].suggestions["decision"].value == "reject"
+    assert flagged[dup].metadata["score_exact"] == 1.0
+
+
+def test_pull_applies_decisions_edits_and_agreement_idempotently(
+    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog, ws = env["catalog"], env["ws"]
+    connection = resolve_connection(ws)
+    owner = connection.client()
+    url = connection.api_url
+    dataset_id = catalog.scalar("SELECT argilla_dataset_id FROM review_rounds WHERE round_name = 'r1'")
+    ids = {r["prompt"] + "|" + r["response"]: r["record_id"] for r in catalog.query("SELECT * FROM records")}
+    dup = ids["where is my  CARD|card_lost"]
+    kept = ids["Where is my card?|card_lost"]
+    wrong = ids["Has my top up gone through?|top_up_failed"]
+    right = ids["Has my top up gone through?|pending_top_up"]
+    pin = ids["Can I change my PIN?|pin_blocked"]
+    alice = _annotator_key(url, owner, "alice", "refinery")
+    bob = _annotator_key(url, owner, "bob", "refinery")
+    _respond(url, alice, dataset_id, {
+        dup: {"decision": "reject"}, kept: {"decision": "approve"}, right: {"decision": "approve"},
+        wrong: {"decision": "edit", "corrected_response": "pending_top_up", "comment": "label was wrong"},
+        pin: {"decision": "approve"},
+    })  # fmt: skip
+    _respond(url, bob, dataset_id, {
+        dup: {"decision": "reject"}, kept: {"decision": "approve"}, right: {"decision": "approve"},
+        wrong: {"decision": "edit", "corrected_response": "pending_top_up"}, pin: {"decision": "reject"},
+    })  # fmt: skip
+
+    # a pull interrupted after storing the raw responses: nothing applied, the rerun completes
+    import curation.review.pull as pull_module
+
+    def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(pull_module, "apply_round", broken)
+    with pytest.raises(RuntimeError):
+        pull(catalog, connection, "r1")
+    assert catalog.scalar("SELECT count(*) FROM review_responses") == 10
+    assert catalog.scalar("SELECT count(*) FROM review_decisions") == 0
+    monkeypatch.undo()
+
+    [result] = pull(catalog, connection, "r1")
+    assert result.new_responses == 0 and result.fetched == 10 and result.new_decisions == 4
+    decisions = {d["record_id"]: d for d in catalog.query("SELECT * FROM record_decisions")}
+    assert decisions[dup]["decision"] == "reject" and decisions[kept]["decision"] == "approve"
+    assert decisions[right]["decision"] == "approve" and pin not in decisions
+    edit = decisions[wrong]
+    assert edit["decision"] == "edit" and edit["actor"] == "alice,bob" and edit["comment"] == "label was wrong"
+    assert edit["source"] == "argilla" and edit["round_name"] == "r1" and "exact_prompt" in edit["check_names"]
+    assert len(json.loads(edit["external_ids_json"])["response_ids"]) == 2
+    new = catalog.query("SELECT * FROM records WHERE record_id = ?", [edit["edited_record_id"]])[0]
+    assert new["response"] == "pending_top_up" and new["prompt"] == "Has my top up gone through?"
+    assert new["parent_record_id"] == wrong
+    version = catalog.query("SELECT * FROM record_versions WHERE record_id = ?", [new["record_id"]])[0]
+    assert version["parent_record_id"] == wrong and version["kind"] == "edit" and version["source_id"] == "r1"
+    outcome = catalog.query("SELECT * FROM review_outcomes WHERE record_id = ?", [pin])[0]
+    assert outcome["state"] == "disagreement" and json.loads(outcome["votes_json"]) == {"approve": 1, "reject": 1}
+    figures = {a["annotator"]: a for a in catalog.query("SELECT * FROM review_agreement WHERE round_name = 'r1'")}
+    assert figures["*"]["records"] == 5 and figures["*"]["agreement"] == pytest.approx(0.8)
+    assert figures["alice"]["agreement"] == pytest.approx(0.8) and figures["bob"]["records"] == 5
+
+    before = _counts(catalog)
+    [second] = pull(catalog, connection, "r1")
+    assert second.new_responses == 0 and second.new_decisions == 0 and _counts(catalog) == before
+
+    [row] = status(catalog, "r1")
+    assert row["items"] == 6 and row["pushed"] == 6 and row["decided"] == 4 and row["unresolved"] == 1
+    assert row["pending"] == 1 and row["submitted"] == 5 and row["annotators"]["bob"] == pytest.approx(0.8)
+    report = calibrate(catalog, thresholds=[0.5, 1.0])
+    exact_prompt = report["checks"]["exact_prompt"]["thresholds"][0]
+    assert exact_prompt["reviewed"] == 4 and exact_prompt["rejected_or_edited"] == 2
+    assert exact_prompt["precision"] == pytest.approx(0.5)
+
+
+def test_escalate_policy_queues_a_second_round(env: dict[str, Any]) -> None:
+    catalog, ws = env["catalog"], env["ws"]
+    [result] = pull(catalog, resolve_connection(ws), "r1", policy="escalate")
+    assert result.escalated_to == "r1-escalation"
+    items = catalog.query("SELECT record_id FROM review_items WHERE round_name = 'r1-escalation'")
+    assert [i["record_id"] for i in items] == [
+        catalog.scalar("SELECT record_id FROM records WHERE response = 'pin_blocked'")
+    ]
+    pushed = push(catalog, resolve_connection(ws), round_name="r1-escalation")
+    assert pushed.pushed == 1 and pushed.dataset_name == "refinery-r1-escalation"
+
+
+def test_cli_and_logs_never_show_the_key(env: dict[str, Any]) -> None:
+    ws: Path = env["ws"]
+    paths = ReviewPaths(ws)
+    key = json.loads(paths.credentials.read_text())["api_key"]
+    assert oct(paths.credentials.stat().st_mode & 0o777) == "0o600"
+    runner = CliRunner()
+    outputs = []
+    for args in (["review", "serve"], ["review", "status", "--json"], ["review", "pull", "--round", "r1"]):
+        result = runner.invoke(app, ["--workspace", str(ws), "--quiet", *args])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+    assert str(paths.credentials) in outputs[0] and "already running" in outputs[0]
+    assert json.loads(outputs[1])["rounds"][0]["round_name"] == "r1"
+    logs = [paths.server_log.read_text(errors="replace"), paths.state.read_text()]
+    if paths.redis_log.exists():
+        logs.append(paths.redis_log.read_text(errors="replace"))
+    dump = json.dumps(
+        [env["catalog"].query(f"SELECT * FROM {t}") for t in ("review_rounds", "review_decisions", "review_responses")],
+        default=str,
+    )
+    for text in [*outputs, *logs, dump]:
+        assert key not in text
