@@ -12,7 +12,9 @@ The ``near_dup_eval`` check: one finding per training record; score = the best e
 (0.0 when none reaches the threshold); flagged when one does; the reason and details name the best eval item
 (ties: smallest eval record id, then eval set name). A training record that *is* an eval item (same content,
 so the same record id) matches itself with similarity 1.0 and is flagged. Nothing is clustered or removed
-here: the finding says which eval item leaked, and a reviewer or a snapshot policy decides.
+here: the finding says which eval item leaked, and a reviewer or a snapshot policy decides. Every verified
+match is also a :class:`ContaminationHit` (method ``minhash``, overlap = the exact Jaccard), so the
+``contamination`` view lists these beside the n-gram check's hits.
 
 Default threshold 0.6, lower than ``near_dup``'s 0.7, because a missed leak costs more than a reviewed
 false alarm and eval items are short prompts: with 5-word shingles, one substituted word in the middle of an
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
+from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Finding, ScanRecord
 from curation.lsh import band_keys, sorted_unique
 from curation.minhash import Sketches, estimate_pairs
 from curation.minhash_store import signatures_for
@@ -234,6 +236,10 @@ def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
     n_matches: dict[str, int] = {}
     for m in matches:
         n_matches[m.record_id] = n_matches.get(m.record_id, 0) + 1
+    hits = [
+        ContaminationHit(m.record_id, m.matched_in, m.matched_record_id, round(m.similarity, 6), "minhash")
+        for m in matches
+    ]
     findings = []
     for rid in ids:
         match = best.get(rid)
@@ -261,7 +267,7 @@ def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
         **stats,
         "seconds": round(time.monotonic() - started, 3),
     }
-    return CheckOutput(findings, [], summary)
+    return CheckOutput(findings, [], summary, contamination=hits)
 
 
 def check_against_snapshot(

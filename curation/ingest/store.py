@@ -101,6 +101,24 @@ def _quarantine_table(rows: list[QuarantinedRow]) -> pa.Table:
     )
 
 
+def insert_records(
+    con: duckdb.DuckDBPyConnection,
+    records: list[tuple[Record, str]],
+    first_batch_id: str,
+    parent_record_id: str | None = None,
+) -> None:
+    """Insert ``records`` (each with its canonical metadata JSON) into ``records``; ids already there are kept
+    as they are. ``parent_record_id`` marks them as new versions of that record (an edit, a redaction)."""
+    con.register("chunk_records", _records_table(records))
+    cols = ", ".join(_RECORD_COLUMNS)
+    # Constant columns come from SQL parameters (converting datetimes in Arrow would pull in pandas).
+    con.execute(
+        f"INSERT OR IGNORE INTO records ({cols}) SELECT {', '.join(_RECORD_COLUMNS[:7])}, ?, ?, ? FROM chunk_records",
+        [first_batch_id, parent_record_id, utcnow()],
+    )
+    con.unregister("chunk_records")
+
+
 class BatchStore:
     """The catalog rows of one ingest batch."""
 
@@ -164,15 +182,7 @@ class BatchStore:
             return
         with self.catalog.write() as con:
             if chunk.records:
-                con.register("chunk_records", _records_table(list(chunk.records.values())))
-                cols = ", ".join(_RECORD_COLUMNS)
-                # Constant columns come from SQL parameters (converting datetimes in Arrow would pull in pandas).
-                con.execute(
-                    f"INSERT OR IGNORE INTO records ({cols}) SELECT {', '.join(_RECORD_COLUMNS[:7])}, "
-                    "?, NULL, ? FROM chunk_records",
-                    [self.batch_id, utcnow()],
-                )
-                con.unregister("chunk_records")
+                insert_records(con, list(chunk.records.values()), self.batch_id)
             if chunk.rows:
                 con.register("chunk_sources", _sources_table(chunk))
                 con.execute(

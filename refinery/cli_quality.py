@@ -1,0 +1,57 @@
+"""`refinery pii redact`: redacted versions of the records a scan's pii check flagged.
+
+Exit codes: 0 done (also when there was nothing to redact), 2 a usage problem (unknown scan, a scan without
+the pii check, no scan yet).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from refinery.output import JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table
+
+if TYPE_CHECKING:
+    from refinery.workspace import Workspace
+
+pii_app = typer.Typer(help="PII found by `refinery scan` (check pii): redaction.", no_args_is_help=True)
+
+
+def _ws() -> Workspace:
+    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
+
+    return workspace()
+
+
+@pii_app.command("redact")
+def redact(
+    scan: Annotated[
+        str | None, typer.Option("--scan", help="Scan id (default: the latest completed scan that ran pii).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Store a redacted version ([EMAIL], [PHONE], [CREDIT_CARD], ...) of every record pii flagged."""
+    with cli_errors():
+        from curation.redaction import RedactionError, redact_scan
+
+        try:
+            result = redact_scan(_ws().catalog, scan)
+        except RedactionError as exc:
+            raise UsageError(str(exc)) from exc
+        payload = result.to_json()
+        if as_json:
+            emit_json(payload)
+            return
+        print_facts({k: v for k, v in payload.items() if k != "versions"}, title="pii redact")
+        rows = [
+            {"original": v.original, "redacted": v.redacted, "kinds": v.kinds, "new": v.new} for v in result.versions
+        ]
+        if rows:
+            print_table(rows, title="record versions")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``pii`` command group to ``app``; calling it again changes nothing."""
+    if not any(group.name == "pii" for group in app.registered_groups):
+        app.add_typer(pii_app, name="pii")
