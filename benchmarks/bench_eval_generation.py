@@ -1,10 +1,12 @@
-"""Benchmark: batched vs one-by-one greedy generation (eval/generation.py) on the tiny test model.
+"""Benchmark B6: batched vs one-by-one greedy generation (eval/generation.py), and shared-prefix KV reuse.
 
-    .venv/bin/python benchmarks/bench_eval_generation.py [--n 48] [--batch-size 16] [--model FOLDER]
+    .venv/bin/python benchmarks/bench_eval_generation.py [--n 48] [--batch-size 16] [--model FOLDER | --smollm2]
 
-Prints one JSON object: examples/s for one-by-one, batched, and batched with the shared few-shot prefix
-reused, plus whether the answers are identical. Without --model it builds the tiny in-process model (with
-larger random weights so answers vary in length, as in tests/eval/conftest.py).
+Prints one JSON object: examples/s for one-by-one, batched without and with the shared few-shot prefix
+reused, the speed-up ratios (B6 target: batched >= 4x one-by-one) and whether the answers are identical.
+Without --model or --smollm2 it builds the tiny in-process model (with larger random weights so answers vary
+in length, as in tests/eval/conftest.py). --smollm2 uses the default base model (SmolLM2-135M-Instruct,
+converted once into --models-dir by training/base_model.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=12)
     parser.add_argument("--model", type=Path, default=None, help="a model folder (default: tiny model)")
+    parser.add_argument("--smollm2", action="store_true", help="use the default base model (SmolLM2-135M)")
+    parser.add_argument("--models-dir", type=Path, default=Path("refinery-workspace/models"))
     args = parser.parse_args()
+    if args.smollm2:
+        from training.base_model import resolve_base_model  # benchmarks sit outside the packages
+
+        args.model = resolve_base_model(None, args.models_dir).path
 
     import torch
 
@@ -77,6 +85,13 @@ def main() -> None:
                 answers[name] = run()
                 row[f"{name}_examples_per_s"] = round(len(convs) / (time.perf_counter() - started), 1)
             row["identical"] = answers["one_by_one"] == answers["batched"] == answers["batched_no_prefix"]
+            base = float(row["one_by_one_examples_per_s"])
+            row["batched_vs_one_by_one"] = round(float(row["batched_examples_per_s"]) / base, 2)
+            row["batched_no_prefix_vs_one_by_one"] = round(float(row["batched_no_prefix_examples_per_s"]) / base, 2)
+            row["prefix_reuse_gain"] = round(
+                float(row["batched_examples_per_s"]) / float(row["batched_no_prefix_examples_per_s"]), 2
+            )
+            row["b6_pass"] = bool(row["identical"]) and row["batched_vs_one_by_one"] >= 4.0
             prompt_tokens = [
                 len(tokenizer(text, add_special_tokens=False)["input_ids"])
                 for text in (tokenizer.apply_chat_template(c, tokenize=False) for c in convs)
@@ -86,7 +101,14 @@ def main() -> None:
             results[style] = row
         print(
             json.dumps(
-                {"n": args.n, "batch_size": args.batch_size, "threads": torch.get_num_threads(), "results": results},
+                {
+                    "model": str(args.model or "tiny"),
+                    "n": args.n,
+                    "batch_size": args.batch_size,
+                    "max_new_tokens": args.max_new_tokens,
+                    "threads": torch.get_num_threads(),
+                    "results": results,
+                },
                 indent=2,
             )
         )

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from eval.examples import EvalExample, EvalTask
+from eval.examples import EvalExample, EvalTask, TaskKind
 from eval.metrics import normalize_answer
 from schemas.ids import canonical_json, sha256_text
 
@@ -22,17 +22,31 @@ Messages = list[dict[str, str]]
 
 
 def task_instruction(task: EvalTask) -> str:
-    """The instruction given to the base model: the task's own, or a generic one for its kind."""
+    """The instruction given to the base model: the task's own, or a generic one for its kind, plus the label
+    set (classification) or the field names (extraction)."""
     if task.has_labels:
         head = task.instruction or "Classify the customer message into exactly one of the following labels."
         listed = "\n".join(f"- {label}" for label in task.labels)
         return f"{head}\n\nLabels:\n{listed}"
+    if task.kind is TaskKind.EXTRACTION:
+        head = task.instruction or "Extract the requested information from the message below."
+        listed = "\n".join(f"- {name}" for name in task.fields)
+        return f"{head}\n\nFields:\n{listed}" if task.fields else head
+    if task.kind is TaskKind.FREE_FORM:
+        return task.instruction or "Answer the request below helpfully and concisely."
     return task.instruction or "Answer the request below with the exact answer only."
 
 
 def _answer_format(task: EvalTask) -> str:
     if task.has_labels:
         return "Answer with the label only, written exactly as in the list, and nothing else."
+    if task.kind is TaskKind.EXTRACTION:
+        return (
+            "Answer with one JSON object only, with exactly these fields as keys (null when the message does not "
+            "say), and nothing else."
+        )
+    if task.kind is TaskKind.FREE_FORM:
+        return "Answer directly, without repeating the request."
     return "Answer with the exact answer only, and nothing else."
 
 

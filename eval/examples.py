@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,12 +22,19 @@ _ROLES = {role.value for role in Role}
 class TaskKind(StrEnum):
     CLASSIFICATION = "classification"  # the answer is one label of a closed set
     EXACT_MATCH = "exact_match"  # the answer is a short string compared after normalisation
-    EXTRACTION = "extraction"  # reserved: field-level scoring of structured answers
-    FREE_FORM = "free_form"  # reserved: judged or reference-similarity scoring
+    EXTRACTION = "extraction"  # the answer is a JSON object; scored field by field
+    FREE_FORM = "free_form"  # the answer is free text; scored by similarity to the reference (chrF, ROUGE-L)
 
 
 #: Kinds whose metrics, prompts and gate are implemented.
-SUPPORTED_KINDS = (TaskKind.CLASSIFICATION, TaskKind.EXACT_MATCH)
+SUPPORTED_KINDS = (TaskKind.CLASSIFICATION, TaskKind.EXACT_MATCH, TaskKind.EXTRACTION, TaskKind.FREE_FORM)
+
+#: The per-example score the gate compares, per kind (free_form: see EvalTask.free_form_metric).
+GATE_METRICS = {
+    TaskKind.CLASSIFICATION: "accuracy",
+    TaskKind.EXACT_MATCH: "exact_match",
+    TaskKind.EXTRACTION: "field_accuracy",
+}
 
 
 class EvalExample(BaseModel):
@@ -76,9 +83,17 @@ class EvalExample(BaseModel):
 class EvalTask(BaseModel):
     """How answers are produced and scored."""
 
-    kind: TaskKind = Field(description="classification | exact_match (extraction, free_form: reserved).")
+    kind: TaskKind = Field(description="classification | exact_match | extraction | free_form.")
     labels: list[str] = Field(
         default_factory=list, description="The closed label set (classification only), in display order."
+    )
+    fields: list[str] = Field(
+        default_factory=list,
+        description="Extraction only: the JSON fields scored (and named in the base-model instruction); "
+        "default: every key of the references, in order of first appearance.",
+    )
+    free_form_metric: Literal["chrf", "rouge_l"] = Field(
+        default="chrf", description="Free-form only: the per-example score the gate compares."
     )
     instruction: str | None = Field(
         default=None,
@@ -108,12 +123,61 @@ class EvalTask(BaseModel):
                 raise ValueError("a label is empty after normalisation")
         elif self.labels:
             raise ValueError(f"`labels` is only meaningful for classification, not {self.kind.value}")
+        if self.fields and self.kind is not TaskKind.EXTRACTION:
+            raise ValueError(f"`fields` is only meaningful for extraction, not {self.kind.value}")
+        if len(set(self.fields)) != len(self.fields):
+            raise ValueError("`fields` repeats a name")
         return self
 
     @property
     def metric(self) -> str:
         """Name of the per-example score the gate compares."""
-        return "accuracy" if self.kind is TaskKind.CLASSIFICATION else "exact_match"
+        return GATE_METRICS.get(self.kind, self.free_form_metric)
+
+    @property
+    def graded(self) -> bool:
+        """True when per-example scores lie in [0, 1] rather than right/wrong."""
+        return self.kind in (TaskKind.EXTRACTION, TaskKind.FREE_FORM)
+
+    def with_fields_from(self, examples: Sequence[EvalExample]) -> EvalTask:
+        """For extraction without declared fields: the same task naming every reference key (first seen first)."""
+        if self.kind is not TaskKind.EXTRACTION or self.fields:
+            return self
+        from eval.metrics import reference_object
+
+        names: dict[str, None] = {}
+        for e in examples:
+            names.update(dict.fromkeys(reference_object(e.reference)))
+        return self.model_copy(update={"fields": list(names)})
+
+    def score(self, prediction: str, reference: str) -> float:
+        """The per-example score in [0, 1] under :attr:`metric` (1.0 = right for the binary kinds)."""
+        from eval.metrics import chrf, exact_match, field_accuracy, rouge_l
+
+        if self.kind is TaskKind.EXTRACTION:
+            return field_accuracy(prediction, reference, self.fields or None)
+        if self.kind is TaskKind.FREE_FORM:
+            return chrf(prediction, reference) if self.free_form_metric == "chrf" else rouge_l(prediction, reference)
+        return 1.0 if exact_match(prediction, reference) else 0.0
+
+    def correct(self, prediction: str, reference: str) -> bool:
+        """Fully right: the normalised answer equals the reference (extraction: valid JSON, every field right)."""
+        from eval.metrics import exact_match, field_accuracy, parse_json_object
+
+        if self.kind is TaskKind.EXTRACTION:
+            valid = parse_json_object(prediction) is not None
+            return valid and field_accuracy(prediction, reference, self.fields or None) == 1.0
+        return exact_match(prediction, reference)
+
+    def metrics(self, predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+        """Every metric reported for one system on this task."""
+        from eval.metrics import extraction_metrics, free_form_metrics, system_metrics
+
+        if self.kind is TaskKind.EXTRACTION:
+            return extraction_metrics(predictions, references, self.fields or None)
+        if self.kind is TaskKind.FREE_FORM:
+            return free_form_metrics(predictions, references)
+        return system_metrics(predictions, references, self.labels if self.has_labels else None)
 
     @property
     def has_labels(self) -> bool:
@@ -133,6 +197,14 @@ class EvalTask(BaseModel):
             outside = sorted({e.reference for e in examples if normalize_answer(e.reference) not in known})
             if outside:
                 raise ValueError(f"references outside the label set: {outside[:10]}")
+        if self.kind is TaskKind.EXTRACTION:
+            from eval.metrics import reference_object
+
+            for e in examples:
+                try:
+                    reference_object(e.reference)
+                except ValueError as exc:
+                    raise ValueError(f"example {e.example_index}: {exc}") from None
 
 
 def eval_set_hash(examples: Iterable[EvalExample]) -> str:

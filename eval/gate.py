@@ -1,8 +1,11 @@
 """The gate: does the adapter beat the strongest baseline, by enough, with evidence?
 
-A verdict is a decision with its evidence attached: every system's score, which baseline was the strongest,
-the paired bootstrap CI of the difference, the paired test's p-value, the thresholds and a plain-language
-reason. Pass needs all three of: diff > min_gain, ci_low > 0, p < alpha; and an uncontaminated eval set.
+A verdict is a decision with its evidence attached: every system's score, the difference to every baseline
+with its paired bootstrap CI and paired test (McNemar for right/wrong scores, the sign test for graded ones),
+which baseline was the strongest, the thresholds, the contamination status, the general-capability regression
+check and a plain-language reason. Pass needs all of: against the strongest baseline diff > min_gain,
+ci_low > 0 and p < alpha; an uncontaminated eval set; and no general-capability regression above
+``max_regression`` (a skipped check is reported, not failed).
 """
 
 from __future__ import annotations
@@ -25,11 +28,41 @@ class GateThresholds(BaseModel):
     confidence: float = Field(default=0.95, gt=0.0, lt=1.0, description="Level of the bootstrap CI.")
     n_resamples: int = Field(default=2000, ge=100, description="Bootstrap resamples.")
     seed: int = Field(default=0, description="Bootstrap seed (the same inputs give the same CI).")
-    max_regression: float | None = Field(
-        default=None,
+    max_regression: float = Field(
+        default=0.10,
         ge=0.0,
-        description="Reserved: largest allowed drop against the currently promoted adapter (not checked yet).",
+        description="Largest allowed relative rise of the adapter's mean token loss on the general set over the "
+        "base model's (0.10 = +10%).",
     )
+
+
+class Comparison(BaseModel):
+    """The adapter against one baseline on the same examples."""
+
+    baseline: str
+    baseline_score: float
+    diff: float = Field(description="adapter score - baseline score.")
+    ci_low: float
+    ci_high: float
+    p_value: float
+    test: str
+    adapter_id: str | None = Field(default=None, description="For an adapter baseline (champion): its id.")
+
+
+class RegressionCheck(BaseModel):
+    """General-capability check: the adapter's mean token loss on a held-out general set vs the base model's."""
+
+    status: Literal["pass", "fail", "skipped"]
+    reason: str
+    general_set: str | None = None
+    general_set_hash: str | None = None
+    n_prompts: int = 0
+    max_new_tokens: int | None = None
+    base_loss: float | None = None
+    adapter_loss: float | None = None
+    relative_change: float | None = Field(default=None, description="adapter_loss / base_loss - 1.")
+    max_regression: float | None = None
+    seconds: float | None = None
 
 
 class GateVerdict(BaseModel):
@@ -48,6 +81,8 @@ class GateVerdict(BaseModel):
     contaminated: bool
     thresholds: GateThresholds
     reason: str
+    comparisons: dict[str, Comparison] = Field(default_factory=dict, description="Baseline name -> evidence.")
+    regression: RegressionCheck | None = Field(default=None, description="The general-capability check.")
 
     @model_validator(mode="after")
     def _check(self) -> GateVerdict:
@@ -79,8 +114,14 @@ def decide(
     thresholds: GateThresholds | None = None,
     contaminated: bool = False,
     metric: str = "accuracy",
+    regression: RegressionCheck | None = None,
+    baseline_adapters: Mapping[str, str] | None = None,
 ) -> GateVerdict:
-    """Compare per-example adapter scores with each baseline's on the same examples, in the same order."""
+    """Compare per-example adapter scores with each baseline's on the same examples, in the same order.
+
+    ``regression`` is the general-capability check (a ``fail`` fails the verdict; ``skipped`` is stated in
+    the reason); ``baseline_adapters`` names the adapter behind an adapter baseline (the champion).
+    """
     thresholds = thresholds or GateThresholds()
     if not baselines:
         raise ValueError("the gate needs at least one baseline")
@@ -94,25 +135,27 @@ def decide(
     adapter_score = sum(float(s) for s in adapter) / n
     baseline_scores = {name: sum(float(s) for s in v) / n for name, v in baselines.items()}
     strongest = _strongest(baseline_scores)
-    reference = baselines[strongest]
-    ci = paired_bootstrap_ci(adapter, reference, thresholds.n_resamples, thresholds.confidence, thresholds.seed)
-    binary = is_binary(adapter) and is_binary(reference)
-    p_value = mcnemar_exact(adapter, reference) if binary else sign_test(adapter, reference)
-    test = "McNemar" if binary else "sign test"
-    diff = adapter_score - baseline_scores[strongest]
+    comparisons = {
+        name: _compare(adapter, name, scores, thresholds, (baseline_adapters or {}).get(name))
+        for name, scores in baselines.items()
+    }
+    best = comparisons[strongest]
+    ci_low, ci_high, p_value, test, diff = best.ci_low, best.ci_high, best.p_value, best.test, best.diff
 
     level = f"{thresholds.confidence:.0%}"
-    evidence = f"({level} CI {ci.low:.2f} to {ci.high:.2f}, {test} p={_fmt_p(p_value)}, n={n})"
+    evidence = f"({level} CI {ci_low:.2f} to {ci_high:.2f}, {test} p={_fmt_p(p_value)}, n={n})"
     head = f"adapter {adapter_score:.2f} vs the strongest baseline {strongest} {baseline_scores[strongest]:.2f}"
     failures: list[str] = []
     if contaminated:
         failures.append("the eval set overlaps the training data (contaminated), so no score can be trusted")
     if not diff > thresholds.min_gain:
         failures.append(f"the difference {diff:+.2f} is not above the minimum gain {thresholds.min_gain:.2f}")
-    if not ci.low > 0.0:
-        failures.append(f"the {level} CI of the difference reaches {ci.low:.2f}, not above 0")
+    if not ci_low > 0.0:
+        failures.append(f"the {level} CI of the difference reaches {ci_low:.2f}, not above 0")
     if not p_value < thresholds.alpha:
         failures.append(f"{test} p={_fmt_p(p_value)} is not below alpha {thresholds.alpha:g}")
+    if regression is not None and regression.status == "fail":
+        failures.append(f"general-capability regression: {regression.reason}")
 
     if failures:
         verdict: Literal["pass", "fail"] = "fail"
@@ -123,6 +166,12 @@ def decide(
             f"adapter {adapter_score:.2f} beats the strongest baseline {strongest} "
             f"{baseline_scores[strongest]:.2f} by {diff:.2f} {evidence}"
         )
+        if regression is not None and regression.status == "pass":
+            reason += f"; general-capability check pass: {regression.reason}"
+    if regression is None:
+        reason += "; general-capability check not run"
+    elif regression.status == "skipped":  # said in every verdict, pass or fail: a skipped check is not a pass
+        reason += f"; general-capability check skipped: {regression.reason}"
     return GateVerdict(
         verdict=verdict,
         metric=metric,
@@ -130,8 +179,8 @@ def decide(
         baselines=baseline_scores,
         strongest_baseline=strongest,
         diff=diff,
-        ci_low=ci.low,
-        ci_high=ci.high,
+        ci_low=ci_low,
+        ci_high=ci_high,
         confidence=thresholds.confidence,
         p_value=p_value,
         test=test,
@@ -139,4 +188,28 @@ def decide(
         contaminated=contaminated,
         thresholds=thresholds,
         reason=reason,
+        comparisons=comparisons,
+        regression=regression,
+    )
+
+
+def _compare(
+    adapter: Sequence[bool | float],
+    name: str,
+    baseline: Sequence[bool | float],
+    thresholds: GateThresholds,
+    adapter_id: str | None,
+) -> Comparison:
+    """Paired evidence against one baseline: bootstrap CI of the difference and the exact paired test."""
+    ci = paired_bootstrap_ci(adapter, baseline, thresholds.n_resamples, thresholds.confidence, thresholds.seed)
+    binary = is_binary(adapter) and is_binary(baseline)
+    return Comparison(
+        baseline=name,
+        baseline_score=sum(float(s) for s in baseline) / len(baseline),
+        diff=ci.diff,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        p_value=mcnemar_exact(adapter, baseline) if binary else sign_test(adapter, baseline),
+        test="McNemar" if binary else "sign test",
+        adapter_id=adapter_id,
     )

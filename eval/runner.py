@@ -1,10 +1,14 @@
 """Run an eval: every system on the same examples, per-example rows, metrics, timings and the gate verdict.
 
 Systems: "adapter" (base + peft adapter, the example's own prompt), "base_zero_shot" (instruction + label
-set), "base_few_shot" (instruction + k solved training examples as prior chat turns) and, for
-classification, "base_label_ranking" (the label with the highest log-likelihood under the zero-shot prompt:
-always an answer from the set, the fairest zero-shot baseline for a small model). The base model is loaded
+set or field names), "base_few_shot" (instruction + k solved training examples as prior chat turns), for
+classification "base_label_ranking" (the label with the highest log-likelihood under the zero-shot prompt:
+always an answer from the set, the fairest zero-shot baseline for a small model) and, when another adapter is
+promoted, "champion" (that adapter, loaded beside the challenger on the same base). The base model is loaded
 once; base systems run inside peft's ``disable_adapter()`` so they really see no adapter weights.
+
+After the systems, the general-capability regression check (eval/general.py) runs when a general set is
+given, and the gate (eval/gate.py) decides with every piece of evidence.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from eval.baselines import adapter_messages, few_shot_messages, select_shots, zero_shot_messages
-from eval.examples import EvalExample, EvalTask, eval_set_hash
-from eval.gate import GateThresholds, GateVerdict, decide
+from eval.examples import EvalExample, EvalTask, TaskKind, eval_set_hash
+from eval.gate import GateThresholds, GateVerdict, RegressionCheck, decide
+from eval.general import GeneralConfig, regression_check, skipped
 from eval.generation import (
     Model,
     Tokenizer,
@@ -28,22 +33,31 @@ from eval.generation import (
     load_model,
     render_prompts,
 )
-from eval.metrics import exact_match, system_metrics
+from eval.loss import reference_losses
 
 ADAPTER = "adapter"
 BASE_ZERO_SHOT = "base_zero_shot"
 BASE_FEW_SHOT = "base_few_shot"
 BASE_LABEL_RANKING = "base_label_ranking"
-ALL_SYSTEMS = (ADAPTER, BASE_ZERO_SHOT, BASE_FEW_SHOT, BASE_LABEL_RANKING)
+CHAMPION = "champion"
+ALL_SYSTEMS = (ADAPTER, BASE_ZERO_SHOT, BASE_FEW_SHOT, BASE_LABEL_RANKING, CHAMPION)
+#: peft adapter names inside the one loaded model.
+_CHALLENGER_NAME = "default"
+_CHAMPION_NAME = "champion"
 
 
 class EvalConfig(BaseModel):
     """How an eval run is carried out (the task says what is scored)."""
 
+    task: EvalTask | None = Field(
+        default=None,
+        description="The task, declared (kind, labels, fields, instruction, ...); default: inferred from the data "
+        "(classification when the records carry labels, else exact match).",
+    )
     systems: list[str] = Field(
         default_factory=lambda: list(ALL_SYSTEMS),
         description="Systems to run; the adapter and at least one baseline are required for a verdict. "
-        "base_label_ranking is skipped for tasks without a label set.",
+        "base_label_ranking is skipped for tasks without a label set, champion when no other adapter is promoted.",
     )
     few_shot_k: int | None = Field(
         default=None,
@@ -57,6 +71,9 @@ class EvalConfig(BaseModel):
         default=None, ge=1, description="Generation budget; default: the task's, else longest label + 4 tokens."
     )
     thresholds: GateThresholds = Field(default_factory=GateThresholds)
+    general: GeneralConfig = Field(
+        default_factory=GeneralConfig, description="The general-capability regression check (set and budget)."
+    )
 
     @field_validator("systems")
     @classmethod
@@ -74,6 +91,7 @@ class SystemResult(BaseModel):
     prompts: list[str] = Field(description="Rendered prompt text per example (chat template applied).")
     predictions: list[str]
     correct: list[bool]
+    scores: list[float] = Field(description="Per-example score under the task's gate metric, in [0, 1].")
     metrics: dict[str, float]
     seconds: float
     examples_per_s: float
@@ -89,6 +107,14 @@ class EvalRow(BaseModel):
     prediction: str
     reference: str
     correct: bool
+    score: float
+
+
+class Champion(BaseModel):
+    """The currently promoted adapter, evaluated as a baseline (champion / challenger)."""
+
+    adapter_id: str
+    path: str
 
 
 class EvalReport(BaseModel):
@@ -102,6 +128,7 @@ class EvalReport(BaseModel):
     references: list[str]
     shot_record_ids: list[str | None] = Field(description="Training examples used as few-shot turns.")
     systems: dict[str, SystemResult]
+    champion_adapter_id: str | None = None
     verdict: GateVerdict
 
     def rows(self) -> Iterator[EvalRow]:
@@ -115,6 +142,7 @@ class EvalReport(BaseModel):
                     prediction=result.predictions[i],
                     reference=self.references[i],
                     correct=result.correct[i],
+                    score=result.scores[i],
                 )
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +161,10 @@ class EvalReport(BaseModel):
             "p_value": v.p_value,
             "test": v.test,
             "contaminated": v.contaminated,
+            "contamination": "contaminated" if v.contaminated else "clean",
+            "regression": v.regression.model_dump(mode="json") if v.regression else None,
+            "comparisons": {name: c.model_dump(mode="json") for name, c in v.comparisons.items()},
+            "champion_adapter_id": self.champion_adapter_id,
             "reason": v.reason,
             "thresholds": v.thresholds.model_dump(),
             "n_examples": len(self.example_indices),
@@ -163,7 +195,7 @@ def default_max_new_tokens(task: EvalTask, tokenizer: Tokenizer) -> int:
     if task.has_labels:
         longest = max(len(tokenizer(label, add_special_tokens=False)["input_ids"]) for label in task.labels)
         return longest + 4  # room for the end-of-turn token and a little slack to see over-long answers
-    return 32
+    return {TaskKind.EXTRACTION: 128, TaskKind.FREE_FORM: 128}.get(task.kind, 32)
 
 
 def default_few_shot_k(task: EvalTask) -> int:
@@ -173,7 +205,7 @@ def default_few_shot_k(task: EvalTask) -> int:
 def _conversations(
     name: str, examples: Sequence[EvalExample], shots: Sequence[EvalExample], task: EvalTask
 ) -> list[list[dict[str, str]]]:
-    if name == ADAPTER:
+    if name in (ADAPTER, CHAMPION):
         return [adapter_messages(e) for e in examples]
     if name == BASE_FEW_SHOT:
         return [few_shot_messages(e, shots, task) for e in examples]
@@ -192,15 +224,40 @@ def _timed(
     started = time.perf_counter()
     predictions = answer()
     seconds = time.perf_counter() - started
+    pairs = list(zip(predictions, references, strict=True))
     return SystemResult(
         name=name,
         prompts=prompts,
         predictions=predictions,
-        correct=[exact_match(p, r) for p, r in zip(predictions, references, strict=True)],
-        metrics=system_metrics(predictions, references, task.labels if task.has_labels else None),
+        correct=[task.correct(p, r) for p, r in pairs],
+        scores=[task.score(p, r) for p, r in pairs],
+        metrics=task.metrics(predictions, references),
         seconds=seconds,
         examples_per_s=len(predictions) / seconds if seconds > 0 else float("inf"),
     )
+
+
+def _load_champion(model: Model, champion: Champion) -> None:
+    folder = Path(champion.path)
+    if not (folder / "adapter_model.safetensors").is_file():
+        raise FileNotFoundError(f"champion {champion.adapter_id}: {folder} has no adapter_model.safetensors")
+    model.load_adapter(str(folder), adapter_name=_CHAMPION_NAME, is_trainable=False)
+
+
+@contextlib.contextmanager
+def _running_as(model: Model, name: str) -> Iterator[None]:
+    """The adapter under test, the champion adapter, or the base model alone, for the duration of the block."""
+    if name == ADAPTER:
+        yield
+    elif name == CHAMPION:
+        model.set_adapter(_CHAMPION_NAME)
+        try:
+            yield
+        finally:
+            model.set_adapter(_CHALLENGER_NAME)
+    else:
+        with _base_only(model):
+            yield
 
 
 def run_eval(
@@ -211,20 +268,33 @@ def run_eval(
     shots_pool: Sequence[EvalExample],
     config: EvalConfig | None = None,
     contaminated: bool = False,
+    champion: Champion | None = None,
+    general_set: Path | None = None,
+    base_model_id: str | None = None,
+    cache_dir: Path | None = None,
 ) -> EvalReport:
-    """Evaluate the adapter and the base-model baselines on ``examples``; return the report with the verdict.
+    """Evaluate the adapter and the baselines on ``examples``; return the report with the verdict.
 
     ``shots_pool`` is the training split the few-shot examples are drawn from (never the eval set: any shot
     equal to an eval example is excluded). ``contaminated`` (the eval set overlaps training data, as found by
-    decontamination) makes the verdict fail whatever the scores.
+    decontamination) makes the verdict fail whatever the scores. ``champion`` is the promoted adapter on the
+    same base, run as the baseline "champion". ``general_set`` (a JSONL of prompts) enables the regression
+    check; the base model's reference answers are cached in ``cache_dir`` under ``base_model_id``.
     """
     config = config or EvalConfig()
+    task = task.with_fields_from(examples)
     task.check_examples(examples)
-    systems = [s for s in config.systems if s != BASE_LABEL_RANKING or task.has_labels]
+    systems = [
+        s
+        for s in config.systems
+        if (s != BASE_LABEL_RANKING or task.has_labels) and (s != CHAMPION or champion is not None)
+    ]
     if len(systems) < 2:
         raise ValueError("no baseline left to compare with (base_label_ranking needs a label set)")
     references = [e.reference for e in examples]
     model, tokenizer = load_model(base_path, adapter_path)
+    if CHAMPION in systems and champion is not None:
+        _load_champion(model, champion)
     max_new = config.max_new_tokens or default_max_new_tokens(task, tokenizer)
     k = config.few_shot_k if config.few_shot_k is not None else default_few_shot_k(task)
     shots = select_shots(shots_pool, k, seed=config.seed, task=task, exclude=examples)
@@ -238,15 +308,21 @@ def run_eval(
     for name in systems:
         convs = _conversations(name, examples, shots, task)
         answer = answer_with(name, convs)
-        with contextlib.nullcontext() if name == ADAPTER else _base_only(model):
+        with _running_as(model, name):
             results[name] = _timed(name, convs, answer, tokenizer, references, task)
+            if task.kind is TaskKind.FREE_FORM:  # how likely each system finds the references
+                losses = reference_losses(model, tokenizer, convs, references, config.batch_size, f"{name} loss")
+                results[name].metrics["reference_loss"] = losses.mean
 
+    regression = _regression(model, tokenizer, config, general_set, base_model_id or str(base_path), cache_dir)
     verdict = decide(
-        results[ADAPTER].correct,
-        {name: r.correct for name, r in results.items() if name != ADAPTER},
+        results[ADAPTER].scores,
+        {name: r.scores for name, r in results.items() if name != ADAPTER},
         config.thresholds,
         contaminated=contaminated,
         metric=task.metric,
+        regression=regression,
+        baseline_adapters={CHAMPION: champion.adapter_id} if champion is not None and CHAMPION in results else None,
     )
     return EvalReport(
         eval_set_hash=eval_set_hash(examples),
@@ -259,5 +335,30 @@ def run_eval(
         references=references,
         shot_record_ids=[s.record_id for s in shots],
         systems=results,
+        champion_adapter_id=champion.adapter_id if champion is not None and CHAMPION in results else None,
         verdict=verdict,
+    )
+
+
+def _regression(
+    model: Model,
+    tokenizer: Tokenizer,
+    config: EvalConfig,
+    general_set: Path | None,
+    base_model_id: str,
+    cache_dir: Path | None,
+) -> RegressionCheck:
+    if not config.general.enabled:
+        return skipped("disabled in the eval config (general.enabled: false)")
+    if general_set is None:
+        return skipped("no general set available (set general.path in the eval config)")
+    return regression_check(
+        model,
+        tokenizer,
+        lambda: _base_only(model),
+        general_set,
+        config.general,
+        config.thresholds.max_regression,
+        base_model_id,
+        cache_dir,
     )

@@ -42,7 +42,7 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
     catalog = ws.catalog
     snapshot = load_snapshot(catalog, snapshot_id)
     config = load_train_config(overrides)
-    base = resolve_base_model(base_spec, ws.models_dir)
+    base = resolve_base_model(base_spec, ws.models_dir, trust_remote_code=config.trust_remote_code)
     with catalog.write() as con:
         con.execute(
             "INSERT OR IGNORE INTO base_models VALUES (?, ?, ?, ?, ?)",
@@ -62,13 +62,25 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
                 base, train, validation, config, staging / ADAPTER_SUBDIR, ws.checkpoints_dir / adapter_id
             )
             metrics = result.to_json()
+            curves = json.loads((staging / ADAPTER_SUBDIR / "curves.json").read_text())
+            weights = "adapter_model.safetensors" if config.method == "lora" else "model.safetensors"
             manifest = new_manifest(
                 "adapter",
                 adapter_id,
                 parents=[snapshot_id, base.model_id],
                 config={"train": config.to_json(), "base_model": base.to_json()},
                 counts={"train_conversations": len(train), "validation_conversations": len(validation)},
-                extra={"snapshot_id": snapshot_id, "metrics": metrics},
+                extra={
+                    "snapshot_id": snapshot_id,
+                    "base_model_id": base.model_id,
+                    "base_model_sha256": base.sha256,
+                    "method": config.method,
+                    "seed": config.seed,
+                    "weights": f"{ADAPTER_SUBDIR}/{weights}",
+                    "curves_files": [f"{ADAPTER_SUBDIR}/curves.json", f"{ADAPTER_SUBDIR}/curves.png"],
+                    "loss_curves": {"train": curves["train"], "validation": curves["validation"]},
+                    "metrics": metrics,
+                },
             )
             write_manifest(staging, manifest)
         log(f"adapter written to {final}")
@@ -129,10 +141,17 @@ def _subset(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any
     return sorted(rows, key=lambda r: hashlib.sha256(r["record_id"].encode()).hexdigest())[:limit]
 
 
+#: The general-capability set used when the eval config names none: MT-Bench's questions beside the checkout.
+DEFAULT_GENERAL_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench" / "question.jsonl"
+#: Workspace folder of the base models' cached answers to the general set (keyed by base model and prompts).
+GENERAL_REFS_DIR = "general-refs"
+
+
 def evaluate_adapter(
     ws: Workspace, adapter_id: str, eval_set: str | None, limit: int | None, overrides: dict[str, Any]
 ) -> dict[str, Any]:
-    """Evaluate an adapter against the base-model baselines, store predictions and the gate verdict."""
+    """Evaluate an adapter against the baselines (base model prompted, and the champion when another adapter
+    is promoted), check contamination and general-capability regression, store predictions and the verdict."""
     from eval.examples import EvalExample, EvalTask, TaskKind, eval_set_hash
     from eval.runner import EvalConfig, run_eval
 
@@ -160,24 +179,45 @@ def evaluate_adapter(
 
     examples = [example(r, i) for i, r in enumerate(rows)]
     shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
-    task = _task_for(train_rows, rows, EvalTask, TaskKind)
-    train_prompts = {dedup_key(prompt_text(r["messages"])) for r in train_rows}
-    contaminated_items = [
-        e.record_id
-        for e, r in zip(examples, rows, strict=True)
-        if dedup_key(prompt_text(r["messages"])) in train_prompts
-    ]
     config = EvalConfig.model_validate(overrides)
+    task = config.task or _task_for(train_rows, rows, EvalTask, TaskKind)
+    contamination = _contamination(ws, snapshot, set_name, rows, train_rows)
+    champion, champion_note = _champion(ws, adapter)
+    general_set, general_note = _general_set(config.general.path)
     ehash = eval_set_hash(examples)
-    eval_id = artifact_id("eval", {"adapter": adapter_id, "eval_set": ehash, "config": config.model_dump(mode="json")})
+    eval_id = artifact_id(
+        "eval",
+        {
+            "adapter": adapter_id,
+            "eval_set": ehash,
+            "config": config.model_dump(mode="json"),
+            "task": task.model_dump(mode="json"),
+            "champion": champion.adapter_id if champion else None,
+            "general_set": str(general_set) if general_set else None,
+        },
+    )
     final = ws.evals_dir / eval_id
     clean_staging(ws.evals_dir)
     if not final.exists():
         report = run_eval(
-            base_path, adapter_path, examples, task, shots_pool, config, contaminated=bool(contaminated_items)
+            base_path,
+            adapter_path,
+            examples,
+            task,
+            shots_pool,
+            config,
+            contaminated=bool(contamination["items"]),
+            champion=champion,
+            general_set=general_set,
+            base_model_id=adapter["base_model_id"],
+            cache_dir=ws.root / GENERAL_REFS_DIR,
         )
         payload = report.to_json()
-        payload["contaminated_items"] = contaminated_items
+        if general_note and payload["regression"]["status"] == "skipped":
+            payload["regression"]["reason"] = general_note
+        payload["contaminated_items"] = contamination["items"]
+        payload["contamination_method"] = contamination["method"]
+        payload["champion_note"] = champion_note
         results = [r.model_dump() for r in report.rows()]
         with atomic_directory(final) as staging:
             (staging / "report.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
@@ -185,7 +225,7 @@ def evaluate_adapter(
             manifest = new_manifest(
                 "eval",
                 eval_id,
-                parents=[adapter_id, adapter["snapshot_id"]],
+                parents=[adapter_id, adapter["snapshot_id"], *([champion.adapter_id] if champion else [])],
                 config={"eval": config.model_dump(mode="json"), "eval_set": set_name, "limit": limit},
                 counts={"examples": len(examples)},
                 extra={"eval_set_hash": ehash, "verdict": payload["verdict"]},
@@ -195,9 +235,69 @@ def evaluate_adapter(
     payload = json.loads((final / "report.json").read_text())
     _register_eval(ws, eval_id, adapter, set_name, final, payload)
     payload = {"eval_id": eval_id, "eval_set": set_name, **payload}
+    hidden = ("task", "config", "base_path", "adapter_path", "shot_record_ids", "contaminated_items")
     return {
-        k: v for k, v in payload.items() if k not in ("task", "config", "base_path", "adapter_path", "shot_record_ids")
+        **{k: v for k, v in payload.items() if k not in hidden},
+        "task_kind": payload["task"]["kind"],
+        "contaminated_items": len(payload["contaminated_items"]),
     }
+
+
+def _contamination(
+    ws: Workspace, snapshot: Any, set_name: str, rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Eval examples that overlap the snapshot's training data: same prompt after normalisation, a near
+    duplicate of a train or validation member (curation's check_against_snapshot), or a match the snapshot
+    itself stored for this eval set. Returns the contaminated record ids and the methods used."""
+    from curation.contamination_check import ContaminationConfig, check_against_snapshot
+
+    train_prompts = {dedup_key(prompt_text(r["messages"])) for r in train_rows}
+    items = {r["record_id"] for r in rows if dedup_key(prompt_text(r["messages"])) in train_prompts}
+    methods = ["exact_prompt"]
+    config = ContaminationConfig(scope="prompt")
+    matches = check_against_snapshot(ws.catalog, snapshot.snapshot_id, [r["record_id"] for r in rows], config=config)
+    items |= {m.record_id for m in matches if m.matched_in in ("train", "validation")}
+    methods.append(f"near_dup_prompt(jaccard>={config.threshold})")
+    if ws.catalog.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'snapshot_contamination'"):
+        stored = ws.catalog.query(
+            "SELECT DISTINCT eval_item FROM snapshot_contamination WHERE snapshot_id = ? AND eval_set = ?",
+            [snapshot.snapshot_id, set_name],
+        )
+        items |= {r["eval_item"] for r in stored} & {r["record_id"] for r in rows}
+        methods.append("snapshot_contamination")
+    return {"items": sorted(items), "method": "+".join(methods)}
+
+
+def _champion(ws: Workspace, adapter: dict[str, Any]) -> tuple[Any, str | None]:
+    """The promoted adapter as a baseline (None, with why, when there is none, it is the one under test, or it
+    adapts another base model)."""
+    from eval.registry import current
+    from eval.runner import Champion
+
+    event = current(ws.catalog)
+    if event is None:
+        return None, "no adapter is promoted"
+    if event.adapter_id == adapter["adapter_id"]:
+        return None, "the adapter under test is the promoted one"
+    found = ws.catalog.query("SELECT path, base_model_id FROM adapters WHERE adapter_id = ?", [event.adapter_id])
+    if not found:
+        return None, f"the promoted adapter {event.adapter_id} is not in the catalog"
+    if found[0]["base_model_id"] != adapter["base_model_id"]:
+        return None, f"the promoted adapter {event.adapter_id} adapts another base model"
+    load_manifest(Path(found[0]["path"]))
+    return Champion(adapter_id=event.adapter_id, path=str(Path(found[0]["path"]) / ADAPTER_SUBDIR)), None
+
+
+def _general_set(path: str | None) -> tuple[Path | None, str | None]:
+    """The general set's file, or None with the reason the regression check is skipped."""
+    if path is not None:
+        chosen = Path(path).expanduser()
+        if not chosen.is_file():
+            raise UsageError(f"general set {chosen} does not exist (general.path in the eval config)")
+        return chosen.resolve(), None
+    if DEFAULT_GENERAL_SET.is_file():
+        return DEFAULT_GENERAL_SET, None
+    return None, f"no general set: {DEFAULT_GENERAL_SET} not found and general.path not set in the eval config"
 
 
 def _task_for(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], task_cls: Any, kinds: Any) -> Any:
@@ -241,12 +341,15 @@ def _register_eval(
             ],
         )
         con.register("predictions", predictions)
+        score = "score" if "score" in predictions.column_names else "NULL"  # reports written before scores
         con.execute(
-            "INSERT INTO eval_results SELECT ?, system, example_index, record_id, prompt, prediction, reference, "
-            "correct FROM predictions",
+            "INSERT INTO eval_results (eval_id, system, example_index, record_id, prompt, prediction, reference, "
+            f"correct, score) SELECT ?, system, example_index, record_id, prompt, prediction, reference, correct, "
+            f"{score} FROM predictions",
             [eval_id],
         )
         con.unregister("predictions")
+        _register_gate_evidence(con, eval_id, payload)
         add_lineage_edge(con, eval_id, "eval", adapter["adapter_id"], "adapter", "evaluates")
         add_lineage_edge(con, eval_id, "eval", adapter["snapshot_id"], "snapshot", "trained_data")
         batches = con.execute(
@@ -254,3 +357,49 @@ def _register_eval(
         ).fetchall()
         for (batch_id,) in batches:
             add_lineage_edge(con, eval_id, "eval", batch_id, "batch", "eval_set")
+
+
+def _register_gate_evidence(con: Any, eval_id: str, payload: dict[str, Any]) -> None:
+    """The rows of eval_comparisons and eval_checks (0007) for one eval report."""
+    for name, c in payload.get("comparisons", {}).items():
+        con.execute(
+            "INSERT INTO eval_comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                eval_id,
+                name,
+                c.get("adapter_id"),
+                c["baseline_score"],
+                c["diff"],
+                c["ci_low"],
+                c["ci_high"],
+                c["p_value"],
+                c["test"],
+                name == payload["strongest_baseline"],
+            ],
+        )
+    regression = payload.get("regression") or {"status": "skipped", "reason": "not run (report predates the check)"}
+    items = payload.get("contaminated_items", [])
+    con.execute(
+        "INSERT INTO eval_checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            eval_id,
+            payload["task"]["kind"],
+            payload["n_examples"],
+            payload["strongest_baseline"],
+            payload["p_value"],
+            payload["test"],
+            payload.get("champion_adapter_id"),
+            "contaminated" if payload["contaminated"] else "clean",
+            len(items),
+            payload.get("contamination_method", "exact_prompt"),
+            regression["status"],
+            regression["reason"],
+            regression.get("general_set"),
+            regression.get("general_set_hash"),
+            regression.get("n_prompts"),
+            regression.get("base_loss"),
+            regression.get("adapter_loss"),
+            regression.get("relative_change"),
+            regression.get("max_regression"),
+        ],
+    )

@@ -58,7 +58,7 @@ def tiny_adapter_dir(chatty_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     config = LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
     model = get_peft_model(base, config)
     folder = tmp_path_factory.mktemp("tiny-adapter")
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(str(folder), safe_serialization=True)
     return folder
 
 
@@ -71,7 +71,7 @@ def labelled_examples(start_index: int = 0, per_label: int = 5, offset: int = 0)
     """Examples cycling through the labels, ``per_label`` each, using queries from ``offset`` on."""
     from schemas.ids import record_id
 
-    out = []
+    out: list[EvalExample] = []
     for j in range(per_label):
         for label in LABELS:
             query = _QUERIES[label][(offset + j) % len(_QUERIES[label])]

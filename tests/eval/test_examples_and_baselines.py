@@ -34,8 +34,8 @@ def test_task_validation() -> None:
         EvalTask(kind="classification")
     with pytest.raises(ValidationError, match="equal after normalisation"):
         EvalTask(kind="classification", labels=["card_lost", "Card lost"])
-    with pytest.raises(ValidationError, match="not implemented"):
-        EvalTask(kind="free_form")
+    with pytest.raises(ValidationError, match="only meaningful for classification"):
+        EvalTask(kind="free_form", labels=["a"])
     assert EvalTask(kind="exact_match").metric == "exact_match"
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.gate import GateThresholds, decide
+from eval.gate import GateThresholds, RegressionCheck, decide
 
 
 def _vec(correct: int, n: int) -> list[bool]:
@@ -83,3 +83,50 @@ def test_bad_inputs_are_refused() -> None:
         decide([True, False], {"b": [True]})
     with pytest.raises(ValueError):
         GateThresholds(alpha=1.5)
+
+
+def _regression(status: str, change: float) -> RegressionCheck:
+    return RegressionCheck(
+        status=status,
+        reason=f"mean token loss went from 1.000 (base) to {1 + change:.3f} (adapter), {change:+.1%}",
+        base_loss=1.0,
+        adapter_loss=1.0 + change,
+        relative_change=change,
+        max_regression=0.10,
+    )
+
+
+def test_every_baseline_gets_its_own_paired_comparison() -> None:
+    baselines = {"base_zero_shot": _vec(10, 100), "champion": _vec(70, 100)}
+    verdict = decide(_vec(90, 100), baselines, baseline_adapters={"champion": "adp_old"})
+    assert set(verdict.comparisons) == {"base_zero_shot", "champion"}
+    champ = verdict.comparisons["champion"]
+    assert champ.adapter_id == "adp_old" and champ.diff == pytest.approx(0.20) and champ.test == "McNemar"
+    zero = verdict.comparisons["base_zero_shot"]
+    assert zero.adapter_id is None and zero.diff == pytest.approx(0.80) and zero.ci_low > champ.ci_low
+    assert verdict.strongest_baseline == "champion" and verdict.ci_low == champ.ci_low
+
+
+def test_fail_on_general_capability_regression_despite_a_gain() -> None:
+    verdict = decide(_vec(90, 100), {"base_few_shot": _vec(20, 100)}, regression=_regression("fail", 0.35))
+    assert verdict.verdict == "fail"
+    assert "general-capability regression" in verdict.reason and "+35.0%" in verdict.reason
+    assert verdict.regression is not None and verdict.regression.status == "fail"
+
+
+def test_a_passing_or_skipped_regression_check_is_stated_not_failed() -> None:
+    ok = decide(_vec(90, 100), {"b": _vec(20, 100)}, regression=_regression("pass", 0.02))
+    assert ok.verdict == "pass" and "general-capability check pass" in ok.reason
+    skipped = RegressionCheck(status="skipped", reason="no general set available")
+    verdict = decide(_vec(90, 100), {"b": _vec(20, 100)}, regression=skipped)
+    assert verdict.verdict == "pass" and "general-capability check skipped: no general set available" in verdict.reason
+    assert "not run" in decide(_vec(90, 100), {"b": _vec(20, 100)}).reason
+
+
+def test_graded_scores_compare_with_ci_and_sign_test() -> None:
+    adapter = [0.8, 0.7, 0.9, 0.6, 0.75, 0.85] * 5
+    baseline = [0.5, 0.4, 0.6, 0.6, 0.5, 0.55] * 5
+    verdict = decide(adapter, {"base_zero_shot": baseline}, metric="chrf")
+    assert verdict.metric == "chrf" and verdict.test == "sign test"
+    assert verdict.diff == pytest.approx(sum(adapter) / 30 - sum(baseline) / 30)
+    assert verdict.verdict == "pass" and verdict.ci_low > 0

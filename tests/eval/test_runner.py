@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from eval.baselines import zero_shot_messages
-from eval.examples import EvalTask
+from eval.examples import EvalExample, EvalTask
 from eval.generation import generate_greedy, load_model
-from eval.runner import ALL_SYSTEMS, EvalConfig, default_max_new_tokens, run_eval
+from eval.runner import ALL_SYSTEMS, CHAMPION, Champion, EvalConfig, default_max_new_tokens, run_eval
 from tests.eval.conftest import labelled_examples
 
 
@@ -20,8 +20,9 @@ def test_run_eval_end_to_end(chatty_model_dir: Path, tiny_adapter_dir: Path, tas
     report = run_eval(chatty_model_dir, tiny_adapter_dir, examples, task, pool, config)
 
     rows = list(report.rows())
-    assert len(rows) == len(ALL_SYSTEMS) * len(examples)
-    assert {r.system for r in rows} == set(ALL_SYSTEMS)
+    systems = [s for s in ALL_SYSTEMS if s != CHAMPION]  # no champion given: that baseline is skipped
+    assert len(rows) == len(systems) * len(examples)
+    assert {r.system for r in rows} == set(systems)
     for row in rows:
         assert row.prompt.endswith("<|im_start|>assistant\n")
         assert row.correct == (row.prediction == row.reference)  # tiny labels: no normalisation needed here
@@ -35,9 +36,10 @@ def test_run_eval_end_to_end(chatty_model_dir: Path, tiny_adapter_dir: Path, tas
     json.dumps(data)  # JSON-ready
     for key in ("verdict", "metric", "adapter", "baselines", "ci_low", "ci_high", "reason", "p_value", "systems"):
         assert key in data
-    assert set(data["baselines"]) == set(ALL_SYSTEMS) - {"adapter"}
+    assert set(data["baselines"]) == set(systems) - {"adapter"} == set(data["comparisons"])
     assert data["verdict"] in ("pass", "fail")
-    for name in ALL_SYSTEMS:
+    assert data["regression"]["status"] == "skipped" and "no general set" in data["regression"]["reason"]
+    for name in systems:
         assert {"accuracy", "macro_f1", "out_of_label", "seconds", "examples_per_s"} <= set(data["systems"][name])
 
     # The base systems really ran without the adapter: same answers as the plain base model.
@@ -61,3 +63,69 @@ def test_contaminated_run_fails_and_config_is_validated(
     report = run_eval(chatty_model_dir, tiny_adapter_dir, examples, task, [], config, contaminated=True)
     assert report.verdict.verdict == "fail" and "contaminated" in report.verdict.reason
     assert set(report.systems) == {"adapter", "base_label_ranking"}
+
+
+def _examples(references: list[str]) -> list[EvalExample]:
+    return [
+        EvalExample(
+            example_index=i, record_id=f"rec_{i}", messages=({"role": "user", "content": f"case {i}"},), reference=ref
+        )
+        for i, ref in enumerate(references)
+    ]
+
+
+def test_free_form_run_with_champion_and_general_check(
+    chatty_model_dir: Path, tiny_adapter_dir: Path, tmp_path: Path
+) -> None:
+    """A free-form task: chrF per example, reference loss per system, the champion as a baseline with its
+    adapter id, and the general-capability check run on a small general set."""
+    general = tmp_path / "general.jsonl"
+    general.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello!", "Where is my card?"]) + "\n")
+    task = EvalTask(kind="free_form")
+    examples = _examples(["Your card is on its way.", "Reset it from the login page.", "Refund sent."])
+    config = EvalConfig(
+        systems=["adapter", "base_zero_shot", "champion"],
+        max_new_tokens=8,
+        general={"limit": 2, "max_new_tokens": 6},
+    )
+    champion = Champion(adapter_id="adp_champ", path=str(tiny_adapter_dir))
+    report = run_eval(
+        chatty_model_dir,
+        tiny_adapter_dir,
+        examples,
+        task,
+        [],
+        config,
+        champion=champion,
+        general_set=general,
+        base_model_id="base_tiny",
+        cache_dir=tmp_path / "cache",
+    )
+    data = report.to_json()
+    assert data["metric"] == "chrf" and data["champion_adapter_id"] == "adp_champ"
+    assert data["comparisons"]["champion"]["adapter_id"] == "adp_champ"
+    # the champion is the same adapter here, so it answers exactly as the adapter under test
+    assert report.systems["champion"].predictions == report.systems["adapter"].predictions
+    assert report.systems["base_zero_shot"].predictions != report.systems["adapter"].predictions
+    for result in report.systems.values():
+        assert result.scores == [task.score(p, e.reference) for p, e in zip(result.predictions, examples, strict=True)]
+        assert result.metrics["reference_loss"] > 0 and "rouge_l" in result.metrics
+    assert data["regression"]["status"] in ("pass", "fail") and data["regression"]["n_prompts"] == 2
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    assert {r.score for r in report.rows()} <= {s for r in report.systems.values() for s in r.scores}
+
+
+def test_extraction_run_names_the_fields_and_can_skip_the_general_check(
+    chatty_model_dir: Path, tiny_adapter_dir: Path
+) -> None:
+    task = EvalTask(kind="extraction")
+    examples = _examples(['{"card": "visa", "amount": 3}', '{"card": "amex", "amount": null}'])
+    config = EvalConfig(systems=["adapter", "base_zero_shot"], max_new_tokens=6, general={"enabled": False})
+    report = run_eval(chatty_model_dir, tiny_adapter_dir, examples, task, [], config)
+    assert report.task.fields == ["card", "amount"]
+    assert "Fields:\n- card\n- amount" in report.systems["base_zero_shot"].prompts[0]
+    data = report.to_json()
+    assert data["metric"] == "field_accuracy"
+    assert {"json_valid_rate", "field:card", "field:amount"} <= set(data["systems"]["adapter"])
+    assert data["regression"]["status"] == "skipped" and "disabled" in data["regression"]["reason"]
+    assert "general-capability check skipped" in data["reason"]
