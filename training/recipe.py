@@ -25,18 +25,18 @@ from schemas.atomic import atomic_directory
 from schemas.ids import canonical_json, sha256_text
 from schemas.progress import progress
 from training import checkpoint as ckpt
-from training._deps import require_train_deps
+from training._deps import MissingDependencyError, require_train_deps
 from training.base_model import BaseModel
-from training.config import TrainConfig, default_target_modules
+from training.config import ConfigError, TrainConfig, default_target_modules
 from training.curves import write_curves
 from training.formatting import (
-    IGNORE_INDEX,
     FormattedSet,
     LengthGroupedBatchSampler,
     PaddingCollator,
     TokenizedExample,
     format_conversations,
 )
+from training.loss import token_loss
 
 Conversation = list[dict[str, str]]
 LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
@@ -87,6 +87,7 @@ class _Run:
     total_steps: int
     steps_per_epoch: int
     target_modules: list[str]
+    tokenizer: Any
 
 
 def train_lora(
@@ -121,7 +122,7 @@ def _train_and_save(
     started: float,
 ) -> TrainResult:
     base_path = base.path if isinstance(base, BaseModel) else Path(base)
-    trust = base.trust_remote_code if isinstance(base, BaseModel) else False
+    trust = config.trust_remote_code or (isinstance(base, BaseModel) and base.trust_remote_code)
     run = _setup(base_path, trust, train, validation, config)
     fingerprint = _fingerprint(base, train, validation, config)
     state = ckpt.LoopState(fingerprint=fingerprint)
@@ -138,6 +139,8 @@ def _train_and_save(
         _load_adapter(run.model, best_adapter)
     with atomic_directory(out_dir) as staging:
         run.model.save_pretrained(staging, safe_serialization=True)
+        if config.method == "full":  # a standalone model folder: loadable as a base model on its own
+            run.tokenizer.save_pretrained(staging)
         result = _result(run, state, config, time.perf_counter() - started)
         write_curves(staging, state.train_curve, state.val_curve, result.to_json())
     if checkpoint_dir is not None:  # the adapter is safe; the checkpoints have served their purpose
@@ -153,14 +156,13 @@ def _setup(
     base_path: Path, trust: bool, train: list[Conversation], validation: list[Conversation], config: TrainConfig
 ) -> _Run:
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _seed_everything(config.seed)
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    # bf16 halves memory and is fast on GPUs; CPUs are slow at bf16 matmuls, so they train in float32.
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    dtype = _base_dtype(config.precision, cuda)
+    quantization = _quantization_config(config, cuda, dtype)
 
     tokenizer = AutoTokenizer.from_pretrained(base_path, trust_remote_code=trust)
     fmt = {"max_length": config.max_length, "overlength": config.overlength, "system_prompt": config.system_prompt}
@@ -169,20 +171,17 @@ def _setup(
     if not train_set.examples:
         raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
 
-    model: Any = AutoModelForCausalLM.from_pretrained(
-        base_path, dtype=dtype, use_safetensors=True, trust_remote_code=trust
-    )
-    model.to(device)
-    linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
-    targets = config.lora.target_modules or default_target_modules(model.config.model_type, linear_names)
-    lora = LoraConfig(
-        r=config.lora.rank,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=targets,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)  # adapter weights are kept in float32 even on a bf16 base
+    load: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust}
+    if quantization is not None:
+        load.update(quantization_config=quantization, device_map={"": 0})
+    model: Any = AutoModelForCausalLM.from_pretrained(base_path, **load)
+    if quantization is None:
+        model.to(device)
+    if config.method == "full":
+        targets: list[str] = []
+        model.requires_grad_(True)
+    else:
+        model, targets = _add_lora(model, config, quantized=quantization is not None)
     model.train()
 
     sampler = LengthGroupedBatchSampler(
@@ -212,7 +211,63 @@ def _setup(
         total_steps=total_steps,
         steps_per_epoch=steps_per_epoch,
         target_modules=list(targets),
+        tokenizer=tokenizer,
     )
+
+
+def _base_dtype(precision: str, cuda: bool) -> Any:
+    """The frozen base's dtype: bf16 halves memory and is fast on GPUs; most CPUs are slow at bf16 matmuls."""
+    import torch
+
+    if precision == "float32":
+        return torch.float32
+    if precision == "bfloat16":
+        return torch.bfloat16
+    return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+
+
+def _quantization_config(config: TrainConfig, cuda: bool, dtype: Any) -> Any:
+    """A 4-bit NF4 BitsAndBytesConfig for QLoRA, or None; a clear error where QLoRA cannot run."""
+    if config.quantization == "none":
+        return None
+    if not cuda:
+        raise ConfigError(
+            "quantization: 4bit (QLoRA) needs a CUDA GPU: bitsandbytes 4-bit kernels do not run on CPU. "
+            "Remove the setting to train a LoRA adapter on the float32 base"
+        )
+    try:
+        import bitsandbytes  # noqa: F401  (transformers imports it itself; checked here for a clear message)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "quantization: 4bit needs bitsandbytes, which is not installed: pip install bitsandbytes"
+        ) from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype,
+    )
+
+
+def _add_lora(model: Any, config: TrainConfig, quantized: bool) -> tuple[Any, list[str]]:
+    """Wrap ``model`` with trainable LoRA layers on the configured (or per-architecture default) targets."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:  # float32 norms and input grads so the adapter trains stably on a 4-bit base
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    linear_names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    targets = config.lora.target_modules or default_target_modules(model.config.model_type, linear_names)
+    lora = LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora), list(targets)  # adapter weights stay float32 even on a bf16 base
 
 
 def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -> float:
@@ -343,21 +398,6 @@ def _optimizer_step(run: _Run, micro_batches: list[list[TokenizedExample]], conf
     return total_loss / max(label_tokens, 1), real_tokens
 
 
-def token_loss(model: Any, batch: dict[str, Any]) -> tuple[Any, int]:
-    """Summed cross-entropy over the label tokens of a padded batch, and how many tokens that is."""
-    import torch
-
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    labels = batch["labels"][:, 1:]  # token t predicts token t + 1
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return loss, int((labels != IGNORE_INDEX).sum().item())
-
-
 def validation_loss(model: Any, examples: list[TokenizedExample], collator: PaddingCollator, batch_size: int) -> float:
     """Mean assistant-token loss over ``examples`` (batched longest first), with the model in eval mode."""
     import torch
@@ -396,15 +436,26 @@ def _evaluate(
 
 
 def _adapter_state(model: Any) -> dict[str, Any]:
-    from peft import get_peft_model_state_dict
+    """A CPU copy of the trained weights: the LoRA adapter, or every trainable parameter of a full fine-tune."""
+    from peft import PeftModel, get_peft_model_state_dict
 
-    return {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+    if isinstance(model, PeftModel):
+        state = get_peft_model_state_dict(model)
+    else:  # named_parameters lists tied weights once, so the copy can be written with safetensors
+        state = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _load_adapter(model: Any, adapter: dict[str, Any]) -> None:
-    from peft import set_peft_model_state_dict
+    from peft import PeftModel, set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, adapter)
+    if isinstance(model, PeftModel):
+        set_peft_model_state_dict(model, adapter)
+        return
+    missing = set(adapter) - {name for name, _ in model.named_parameters()}
+    if missing:
+        raise ckpt.CheckpointError(f"saved weights do not match the model: {sorted(missing)[:3]}")
+    model.load_state_dict(adapter, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------- result

@@ -66,6 +66,11 @@ def test_smollm2_converts_once_trains_and_reloads(tmp_path):
     assert result.val_loss is not None and result.val_loss < before
 
     model, tokenizer = load_for_inference(base.path, tmp_path / "adapter")
-    reply = generate(model, tokenizer, [{"role": "user", "content": QA[0][0]}], max_new_tokens=8)
-    assert isinstance(reply, str) and reply
+    tuned = [generate(model, tokenizer, [{"role": "user", "content": q}], max_new_tokens=8) for q, _ in QA[:3]]
+    assert all(isinstance(reply, str) and reply for reply in tuned)
+    assert validation_loss(model, examples, PaddingCollator(tokenizer.pad_token_id), 4) == pytest.approx(
+        result.val_loss, rel=1e-4
+    )  # the saved adapter is the one that reached the reported validation loss
+    again, tokenizer2 = load_for_inference(base.path, tmp_path / "adapter")  # a second, independent load
+    assert [generate(again, tokenizer2, [{"role": "user", "content": q}], max_new_tokens=8) for q, _ in QA[:3]] == tuned
     print(f"conversion {converted:.1f}s, {result.tokens_per_second:.0f} real tokens/s, {result.to_json()}")

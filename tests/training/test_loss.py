@@ -1,0 +1,102 @@
+"""The sparse-logits loss (lm_head only at label positions) equals the full-logits loss, value and gradients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.formatting import PaddingCollator, format_conversations
+from training.loss import _body_and_head, token_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Where is my card? I lost it."}, {"role": "assistant", "content": "card_lost"}],
+    [
+        {"role": "system", "content": "Classify the customer message."},
+        {"role": "user", "content": "How do I reset my password?"},
+        {"role": "assistant", "content": "password_reset"},
+        {"role": "user", "content": "And my refund?"},
+        {"role": "assistant", "content": "refund_request"},
+    ],
+    [{"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi! How can I help you today?"}],
+]
+
+
+def _lora_model_and_batch(folder: Path, lora_on_head: bool = False) -> tuple[object, dict[str, object]]:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.support.tiny_model import randomize_weights
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(randomize_weights(folder, seed=3), dtype=torch.float32)
+    targets = ["q_proj", "v_proj", "lm_head"] if lora_on_head else ["q_proj", "v_proj"]
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets))
+    for name, param in model.named_parameters():  # a non-zero LoRA B so its gradients flow both ways
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    examples = format_conversations(tokenizer, CONVERSATIONS).examples
+    return model, PaddingCollator(tokenizer.pad_token_id)(examples)
+
+
+def _loss_and_grads(model, batch, sparse: bool) -> tuple[float, int, dict[str, object]]:
+    model.zero_grad(set_to_none=True)
+    loss, count = token_loss(model, batch, sparse=sparse)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), count, grads
+
+
+@pytest.mark.parametrize("lora_on_head", [False, True])
+def test_sparse_loss_and_gradients_equal_the_full_logits_ones(tiny_model_dir, tmp_path, lora_on_head) -> None:
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model, batch = _lora_model_and_batch(folder, lora_on_head)
+    assert _body_and_head(model) is not None  # the sparse path is really taken
+    assert int((batch["attention_mask"] == 0).sum()) > 0  # and padding is present
+
+    full, full_count, full_grads = _loss_and_grads(model, batch, sparse=False)
+    sparse, sparse_count, sparse_grads = _loss_and_grads(model, batch, sparse=True)
+
+    labels = batch["labels"][:, 1:]
+    assert full_count == sparse_count == int((labels != -100).sum()) > 10
+    assert sparse == pytest.approx(full, rel=1e-5)
+    assert full_grads.keys() == sparse_grads.keys() and len(full_grads) >= 4
+    for name, grad in full_grads.items():
+        scale = float(grad.abs().max()) + 1e-12
+        assert float((sparse_grads[name] - grad).abs().max()) / scale < 1e-4, name
+        assert float(grad.abs().max()) > 0, name  # the gradient is not trivially zero on both sides
+
+    # and the value is the plain mean cross-entropy transformers computes, times the label count
+    hf = model(**batch).loss.item()
+    assert sparse / sparse_count == pytest.approx(hf, rel=1e-5)
+
+
+def test_logit_transforming_architectures_take_the_full_forward(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert _body_and_head(model) is not None
+    model.config.final_logit_softcapping = 30.0  # Gemma-2 style soft-capping is applied after lm_head
+    assert _body_and_head(model) is None
+
+
+def test_a_batch_without_label_tokens_gives_a_differentiable_zero(tiny_model_dir) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = {
+        "input_ids": torch.tensor([[5, 6, 7]]),
+        "attention_mask": torch.ones(1, 3, dtype=torch.long),
+        "labels": torch.full((1, 3), -100),
+    }
+    loss, count = token_loss(model, batch)
+    loss.backward()
+    assert count == 0 and loss.item() == 0.0

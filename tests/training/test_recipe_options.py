@@ -1,0 +1,52 @@
+"""Recipe options beyond plain LoRA on the tiny model: full fine-tuning, precision, QLoRA refusal on CPU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.training.conftest import PAIRS
+from training.config import ConfigError, TrainConfig, load_train_config
+from training.inference import generate, load_for_inference
+from training.recipe import train_lora
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_full_fine_tune_saves_a_standalone_model_that_learned(trainable_tiny_dir, toy_task, tmp_path) -> None:
+    train, validation = toy_task
+    config = TrainConfig.model_validate(
+        {"method": "full", "learning_rate": 3e-3, "max_steps": 12, "batch_size": 8, "eval_every": 4}
+    )
+    out = tmp_path / "full"
+    result = train_lora(trainable_tiny_dir, train, validation, config, out)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "curves.json"} <= names and "adapter_config.json" not in names
+    assert result.trainable_params == result.total_params and result.target_modules == []
+    curves = json.loads((out / "curves.json").read_text())
+    assert result.val_loss is not None and result.val_loss < 0.9 * curves["validation"][0]["loss"]
+    model, tokenizer = load_for_inference(out)  # loads like any base model folder, tokenizer included
+    replies = [generate(model, tokenizer, [{"role": "user", "content": w}], max_new_tokens=6) for w in PAIRS]
+    assert all(isinstance(r, str) for r in replies)
+
+
+def test_cpu_trains_in_float32_by_default(trainable_tiny_dir, toy_task, tmp_path) -> None:
+    train, _ = toy_task
+    result = train_lora(trainable_tiny_dir, train[:8], [], TrainConfig(max_steps=1), tmp_path / "a")
+    assert result.dtype == "float32" and result.device == "cpu" and result.val_loss is None
+
+
+def test_qlora_on_cpu_is_refused_with_a_clear_error(trainable_tiny_dir, toy_task, tmp_path) -> None:
+    train, validation = toy_task
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        train_lora(trainable_tiny_dir, train, validation, TrainConfig(quantization="4bit"), tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_option_combinations_are_checked() -> None:
+    with pytest.raises(ConfigError, match="needs method: lora"):
+        load_train_config({"method": "full", "quantization": "4bit"})
+    with pytest.raises(ConfigError, match="precision"):
+        load_train_config({"precision": "fp8"})
+    assert load_train_config({}).precision == "auto" and load_train_config({}).trust_remote_code is False
