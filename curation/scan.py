@@ -21,9 +21,24 @@ from pydantic import BaseModel, ValidationError
 from curation.check_types import CheckContext, CheckFn, CheckOutput, Finding, ScanRecord
 from curation.contamination_check import CHECK_NAME as EVAL_CHECK
 from curation.contamination_check import ContaminationConfig, check_near_dup_eval, eval_items_hash
+from curation.embedding_checks import EMBEDDING_CHECK_CONFIGS, EMBEDDING_CHECKS
 from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
+from curation.heuristics import (
+    LengthConfig,
+    RefusalConfig,
+    RepetitiveConfig,
+    TruncatedConfig,
+    check_empty_response,
+    check_length,
+    check_refusal,
+    check_repetitive,
+    check_truncated,
+)
 from curation.near_dup import NearDupConfig
 from curation.near_dup_check import SCOPE_CHECKS, check_near_dup, resolve_scope
+from curation.ngram_contamination import CHECK_NAME as NGRAM_EVAL_CHECK
+from curation.ngram_contamination import NgramContaminationConfig, check_ngram_contamination
+from curation.pii import PiiConfig, check_pii
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
 from schemas.progress import log, progress
@@ -102,13 +117,39 @@ CHECKS: dict[str, CheckFn] = {
     "exact_prompt": check_exact_prompt,
     **{name: check_near_dup for name in SCOPE_CHECKS.values()},
     EVAL_CHECK: check_near_dup_eval,
+    "empty_response": check_empty_response,
+    "truncated": check_truncated,
+    "repetitive": check_repetitive,
+    "length": check_length,
+    "refusal": check_refusal,
+    "pii": check_pii,
+    NGRAM_EVAL_CHECK: check_ngram_contamination,
+    **EMBEDDING_CHECKS,
 }
 #: Checks that take configuration (``run_scan(config={name: {...}})``): name -> validated config model.
 CHECK_CONFIGS: dict[str, type[BaseModel]] = {
     **{name: NearDupConfig for name in SCOPE_CHECKS.values()},
     EVAL_CHECK: ContaminationConfig,
+    "truncated": TruncatedConfig,
+    "repetitive": RepetitiveConfig,
+    "length": LengthConfig,
+    "refusal": RefusalConfig,
+    "pii": PiiConfig,
+    NGRAM_EVAL_CHECK: NgramContaminationConfig,
+    **EMBEDDING_CHECK_CONFIGS,
 }
-DEFAULT_CHECKS = ("exact", "exact_prompt", "near_dup")
+DEFAULT_CHECKS = (
+    "exact",
+    "exact_prompt",
+    "near_dup",
+    "empty_response",
+    "truncated",
+    "repetitive",
+    "length",
+    "refusal",
+    "pii",
+    NGRAM_EVAL_CHECK,
+)
 
 
 @dataclass
@@ -202,7 +243,7 @@ def run_scan(
     params = {name: model.model_dump(mode="json") for name, model in resolved.items() if model is not None}
     if params:  # absent for checks without config, so earlier scan ids stay valid
         scan_config["params"] = params
-    if EVAL_CHECK in resolved:  # the result depends on the registered eval sets too
+    if resolved.keys() & {EVAL_CHECK, NGRAM_EVAL_CHECK}:  # the result depends on the registered eval sets too
         scan_config["eval_items"] = eval_items_hash(catalog)
     records_hash = sha256_text("\n".join(r.record_id for r in records))
     scan_id = artifact_id("scan", {"records": records_hash, "config": scan_config})
@@ -287,37 +328,50 @@ def _store_check(catalog: Catalog, scan_id: str, name: str, output: CheckOutput)
             )
             con.unregister("dup_chunk")
         if output.pairs:
-            con.executemany(
-                "INSERT OR REPLACE INTO finding_pairs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    [
-                        scan_id,
-                        name,
-                        p.record_a,
-                        p.record_b,
-                        float(p.score),
-                        p.prompt_similarity,
-                        p.response_similarity,
-                        p.reason,
-                        canonical_json(p.details) if p.details else None,
-                    ]
-                    for p in output.pairs
-                ],
-            )
+            _insert_arrow(con, "finding_pairs", _pairs_table(scan_id, name, output))
         if output.contamination:
-            con.executemany(
-                "INSERT OR REPLACE INTO contamination_hits VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    [
-                        scan_id,
-                        name,
-                        h.record_id,
-                        h.eval_set,
-                        h.eval_item,
-                        float(h.overlap),
-                        h.method,
-                        canonical_json(h.details) if h.details else None,
-                    ]
-                    for h in output.contamination
-                ],
-            )
+            _insert_arrow(con, "contamination_hits", _hits_table(scan_id, name, output))
+
+
+def _insert_arrow(con: Any, table: str, rows: pa.Table) -> None:
+    """Bulk insert (an Arrow scan, not one statement per row: scans can emit tens of thousands of pairs)."""
+    con.register("chunk_rows", rows)
+    con.execute(f"INSERT OR REPLACE INTO {table} ({', '.join(rows.column_names)}) SELECT * FROM chunk_rows")
+    con.unregister("chunk_rows")
+
+
+def _details(details: dict[str, Any] | None) -> str | None:
+    return canonical_json(details) if details else None
+
+
+def _pairs_table(scan_id: str, name: str, output: CheckOutput) -> pa.Table:
+    pairs = list({(p.record_a, p.record_b): p for p in output.pairs}.values())  # one row per key, last wins
+    return pa.table(
+        {
+            "scan_id": [scan_id] * len(pairs),
+            "check_name": [name] * len(pairs),
+            "record_a": [p.record_a for p in pairs],
+            "record_b": [p.record_b for p in pairs],
+            "score": pa.array([float(p.score) for p in pairs], pa.float64()),
+            "prompt_similarity": pa.array([p.prompt_similarity for p in pairs], pa.float64()),
+            "response_similarity": pa.array([p.response_similarity for p in pairs], pa.float64()),
+            "reason": pa.array([p.reason for p in pairs], pa.string()),
+            "details_json": pa.array([_details(p.details) for p in pairs], pa.string()),
+        }
+    )
+
+
+def _hits_table(scan_id: str, name: str, output: CheckOutput) -> pa.Table:
+    hits = list({(h.record_id, h.eval_set, h.eval_item): h for h in output.contamination}.values())
+    return pa.table(
+        {
+            "scan_id": [scan_id] * len(hits),
+            "check_name": [name] * len(hits),
+            "record_id": [h.record_id for h in hits],
+            "eval_set": [h.eval_set for h in hits],
+            "eval_item": [h.eval_item for h in hits],
+            "overlap": pa.array([float(h.overlap) for h in hits], pa.float64()),
+            "method": [h.method for h in hits],
+            "details_json": pa.array([_details(h.details) for h in hits], pa.string()),
+        }
+    )

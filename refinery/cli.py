@@ -13,7 +13,12 @@ from typing import Annotated, Any
 import typer
 
 from refinery.cli_adapter import register as register_adapter_commands
+from refinery.cli_audit import register as register_audit_commands
+from refinery.cli_quality import register as register_quality_commands
 from refinery.cli_registry import register as register_registry_commands
+from refinery.cli_report import register as register_report_commands
+from refinery.cli_review import register as register_review_commands
+from refinery.cli_snapshot import register as register_snapshot_commands
 from refinery.output import (
     EXIT_FAILED,
     CheckFailed,
@@ -35,9 +40,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-snapshot_app = typer.Typer(help="Freeze approved records into versioned, content-hashed splits.", no_args_is_help=True)
 schema_app = typer.Typer(help="The JSON Schemas of Refinery's records and manifests.", no_args_is_help=True)
-app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(schema_app, name="schema")
 
 _state: dict[str, Any] = {"workspace": None}
@@ -139,8 +142,12 @@ def ingest(
 @app.command()
 def scan(
     checks: Annotated[
-        str, typer.Option(help="Comma-separated checks: exact, exact_prompt, near_dup, near_dup_prompt, ...")
-    ] = "exact,exact_prompt,near_dup",
+        str | None,
+        typer.Option(
+            help="Comma-separated checks (default: the cheap default set, see docs/CHECKS.md); e.g. "
+            "exact,near_dup,outlier,inconsistency,semantic_dup."
+        ),
+    ] = None,
     threshold: Annotated[
         float | None, typer.Option(help="near_dup checks: minimum exact Jaccard of a reported pair (0.7).")
     ] = None,
@@ -154,10 +161,13 @@ def scan(
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""
     with cli_errors():
-        from curation.scan import run_scan
+        from curation.scan import DEFAULT_CHECKS, run_scan
 
-        names = [c.strip() for c in checks.split(",") if c.strip()]
         per_check: dict[str, dict[str, Any]] = _load_config(config) if config else {}
+        if checks is None:  # the default set plus any check the config file configures
+            names = list(dict.fromkeys([*DEFAULT_CHECKS, *per_check]))
+        else:
+            names = [c.strip() for c in checks.split(",") if c.strip()]
         options = {"threshold": threshold, "scope": scope, "ngram": ngram, "num_perm": num_perm}
         given = {k: v for k, v in options.items() if v is not None}
         if given:
@@ -175,88 +185,6 @@ def scan(
             print_table(scan_table_rows(result.checks), title="checks")
 
 
-@snapshot_app.command("create")
-def snapshot_create(
-    policy: Annotated[Path | None, typer.Option(help="YAML or JSON file with a snapshot policy.")] = None,
-    parent: Annotated[str | None, typer.Option(help="The snapshot this one succeeds.")] = None,
-    as_json: JsonOpt = False,
-) -> None:
-    """Freeze the non-duplicate training records into train/validation/test Parquet + a manifest."""
-    with cli_errors():
-        from curation.snapshot import SnapshotPolicy, create_snapshot
-
-        ws = _ws()
-        spec = SnapshotPolicy.model_validate(_load_config(policy)) if policy else SnapshotPolicy()
-        result = create_snapshot(ws.catalog, ws.snapshots_dir, spec, parent=parent)
-        if as_json:
-            emit_json(result.to_json())
-        else:
-            print_facts(result.to_json(), title="snapshot")
-
-
-@snapshot_app.command("list")
-def snapshot_list(as_json: JsonOpt = False) -> None:
-    """Every snapshot with its split sizes."""
-    with cli_errors():
-        rows = _ws().catalog.query(
-            "SELECT snapshot_id, created_at, train, validation, test, parent_id, scan_id FROM snapshots "
-            "ORDER BY created_at"
-        )
-        emit_json({"snapshots": rows}) if as_json else print_table(rows, title="snapshots")
-
-
-@snapshot_app.command("show")
-def snapshot_show(snapshot_id: str, as_json: JsonOpt = False) -> None:
-    """A snapshot's manifest (verified)."""
-    with cli_errors():
-        from curation.snapshot import load_snapshot
-
-        snap = load_snapshot(_ws().catalog, snapshot_id)
-        manifest = snap.manifest.model_dump()
-        if as_json:
-            emit_json(manifest)
-        else:
-            print_facts({k: v for k, v in manifest.items() if k != "files"}, title=snapshot_id)
-            print_table([{"file": k, "sha256": v} for k, v in manifest["files"].items()])
-
-
-@snapshot_app.command("verify")
-def snapshot_verify(snapshot_id: str, as_json: JsonOpt = False) -> None:
-    """Recompute every file hash of a snapshot; exit 1 if anything changed."""
-    with cli_errors():
-        from curation.snapshot import load_snapshot
-
-        snap = load_snapshot(_ws().catalog, snapshot_id)
-        payload = {"snapshot_id": snapshot_id, "ok": True, "files": len(snap.manifest.files)}
-        emit_json(payload) if as_json else stdout.print(f"{snapshot_id}: {payload['files']} files verified")
-
-
-@snapshot_app.command("check")
-def snapshot_check(
-    snapshot_id: Annotated[str, typer.Argument(help="The frozen snapshot to compare against.")],
-    batch: Annotated[str, typer.Option("--batch", "-b", help="Ingest batch whose records are checked.")],
-    threshold: Annotated[float, typer.Option(help="Minimum exact Jaccard of a reported match.")] = 0.7,
-    scope: Annotated[str, typer.Option(help="Compare the whole pair, the prompt alone or the response.")] = "pair",
-    as_json: JsonOpt = False,
-) -> None:
-    """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
-    with cli_errors():
-        from curation.contamination_check import ContaminationConfig, best_matches
-        from curation.contamination_check import check_against_snapshot as check
-
-        config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
-        matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
-        rows = [
-            {"record_id": m.record_id, "matched_record_id": m.matched_record_id, "similarity": m.similarity,
-             "split": m.matched_in}
-            for m in matches.values()
-        ]  # fmt: skip
-        if as_json:
-            emit_json({"snapshot_id": snapshot_id, "batch_id": batch, "matches": rows})
-        else:
-            print_table(rows, title=f"records of {batch} that near-duplicate members of {snapshot_id}")
-
-
 @app.command()
 def train(
     snapshot: Annotated[str, typer.Option("--snapshot", "-s", help="Snapshot id to train on.")],
@@ -265,7 +193,7 @@ def train(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="YAML/JSON file with training options.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many optimizer steps.")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Epochs over the train split.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs over the train split (max-steps wins).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a LoRA adapter on a snapshot; the adapter and its manifest go to the workspace."""
@@ -300,8 +228,12 @@ def eval_command(
         if as_json:
             emit_json(result)
         else:
-            print_facts({k: v for k, v in result.items() if k != "systems"}, title="eval")
+            nested = ("systems", "comparisons", "regression", "thresholds")
+            print_facts({k: v for k, v in result.items() if k not in nested}, title="eval")
             print_table([{"system": k, **v} for k, v in result.get("systems", {}).items()], title="systems")
+            print_table(list(result.get("comparisons", {}).values()), title="adapter vs each baseline")
+            regression = result.get("regression") or {}
+            print_facts({"regression": regression.get("status"), "why": regression.get("reason")}, title="general")
         if result["verdict"] != "pass":
             raise typer.Exit(EXIT_FAILED)
 
@@ -383,7 +315,12 @@ def demo(
 
 
 register_registry_commands(app)
+register_report_commands(app)
+register_snapshot_commands(app)
 register_adapter_commands(app)
+register_audit_commands(app)
+register_review_commands(app)
+register_quality_commands(app)
 
 
 def _load_config(path: Path | None) -> dict[str, Any]:

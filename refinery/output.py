@@ -37,6 +37,7 @@ def usage_errors() -> tuple[type[BaseException], ...]:
 
     from curation.contamination_check import ContaminationError
     from curation.ingest.options import IngestConfigError
+    from curation.review.connection import ReviewError
     from curation.scan import ScanError
     from curation.snapshot import SnapshotError
     from refinery.lineage import LineageError
@@ -49,6 +50,7 @@ def usage_errors() -> tuple[type[BaseException], ...]:
         ValidationError,
         IngestConfigError,
         ContaminationError,
+        ReviewError,
     ]
     with contextlib.suppress(ImportError):  # training is an extra; its config errors are usage errors too
         from training.base_model import BaseModelError

