@@ -456,7 +456,7 @@ def _examples(catalog: Catalog, scan_id: str, checks: list[CheckStats], per_chec
 
 def _default_embeddings(catalog: Catalog, compute_missing: bool) -> EmbeddingSource:
     """Prompt embeddings from :mod:`curation.embeddings` (the cache the embedding checks fill)."""
-    from curation import embeddings  # type: ignore[attr-defined,unused-ignore]
+    from curation import embeddings
 
     def source(ids: list[str]) -> Any:
         return embeddings.record_embeddings(catalog, ids, field="prompt", compute_missing=compute_missing)
@@ -474,7 +474,8 @@ def _vectors(found: Any, ids: list[str]) -> tuple[np.ndarray, list[str]]:
     matrix = np.asarray(found, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != len(ids):
         raise ValueError(f"expected {len(ids)} vectors, got an array of shape {matrix.shape}")
-    rows = np.flatnonzero(np.isfinite(matrix).all(axis=1))  # a vector with NaN or inf cannot be placed
+    # a vector with NaN or inf cannot be placed; an all-zero row is a record without a stored embedding
+    rows = np.flatnonzero(np.isfinite(matrix).all(axis=1) & np.any(matrix != 0, axis=1))
     return matrix[rows], [ids[int(i)] for i in rows]
 
 
