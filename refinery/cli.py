@@ -61,6 +61,10 @@ def _main(
     _state["workspace"] = workspace
     if quiet:
         os.environ["REFINERY_PROGRESS"] = "0"
+    if quiet or os.environ.get("REFINERY_PROGRESS", "1") in ("0", "false", "no") or not sys.stderr.isatty():
+        # Hugging Face's own bars (weight loading, GGUF conversion) would fill logs with carriage returns;
+        # set before transformers is imported (it reads this once)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _ws() -> Workspace:
