@@ -1,43 +1,46 @@
 """The ``contamination`` check: word n-gram overlap between training records and registered eval items.
 
-The classic decontamination test (as in GPT-3's and LLaMA's reports): an eval item leaked into training data
-when the training text contains its word n-grams. Here, for every eval item (its prompt; eval sets are
-registered with ``refinery ingest --eval-set NAME`` and listed by the ``eval_items`` view):
+The classic decontamination test (as in GPT-3's and LLaMA's reports), on the part of each prompt that is not
+shared boilerplate. Words are the tokens of :mod:`curation.shingles` (NFKC, casefolded, punctuation as
+separators), n-grams their 64-bit hashes.
 
-- an item of at least ``ngram`` (13) words is represented by its word 13-grams (method ``ngram13``);
-- an item of ``short_ngram`` (8) to 12 words by its 8-grams (method ``ngram8``);
-- an item of ``min_tokens`` (3) to 7 words by the whole normalised prompt (method ``full_prompt``): it
-  matches when the training text contains it verbatim (after normalisation);
-- an item of fewer than ``min_tokens`` words is not tested (too generic: "Change currency"); the summary
-  counts them.
+1. **Templates.** A word prefix (suffix) of at least 3 words that more than half (and more than 10) of the
+   training prompts start (end) with is their template ("Identify the intent ... Customer message:"); the same
+   for the eval items, separately. Every text is stripped of the longest prefix/suffix of those it has (every
+   prefix of a template is as shared as the template, so a prompt keeps the first content word that most
+   prompts share). What is left is the text's **content**; an item with no content is not tested.
+2. **Method by content length** of the eval item: >= ``ngram`` (13) words, its 13-grams (``ngram13``);
+   ``short_ngram`` (8) to 12, its 8-grams (``ngram8``); ``min_tokens`` (3) to 7, the whole content as one
+   n-gram (``full_prompt``); under 3 words, not tested (counted in the summary). Training n-grams count only
+   inside the training text's content, so no n-gram spans a template and the start of a query.
+3. **Overlap.** Long items: the fraction of the item's n-grams found in the training record (containment:
+   "how much of the item leaked"). Shorter items must also be nearly all of the training content: overlap =
+   min(containment, item words / training content words). Short items (3-12 words) also match a training
+   content of the same words but one, where that word is a typo of the item's (method ``typo``:
+   "chaged"/"charged", "I'm"/"I am"; see :func:`is_typo`), overlap = the difflib ratio of the two contents.
+   N-grams in more than 5% (and 10) of the eval items are boilerplate in the middle of the items and ignored.
 
-Words are the tokens of :mod:`curation.shingles` (NFKC, casefolded, punctuation as separators, a CJK character
-or an emoji a token of its own) and n-grams are its 64-bit hashes, so "Where's my card?" and "where s my
-card" are the same text. **overlap** = the fraction of the eval item's n-grams found in the training record
-(the training text is the record's prompt and response, ``scope``), so it says "how much of the eval item
-leaked", whatever the length of the training record. An n-gram shared by more than ``max_item_fraction`` of
-the eval items (and more than 10 of them) is template boilerplate ("Identify the intent of the following
-customer message ...") and is ignored on both sides; an item made only of boilerplate is not tested.
-
-Matching uses an inverted index: the eval n-gram hashes, sorted, with the items that contain each. Training
-records are hashed in chunks (vectorised numpy), looked up with one ``np.isin`` per n-gram length, and only
-matching n-grams reach Python, so the cost is linear in the training text.
+Matching uses an inverted index of the eval n-gram hashes; training records are hashed in chunks (numpy,
+one ``np.isin`` per n-gram length); the typo pass looks up each short training content with one word left out
+at a time in a dict. The cost is linear in the training text.
 
 Finding per training record: score = its best overlap with any eval item (0.0 when none), flagged when it
-reaches ``threshold``; a :class:`ContaminationHit` (stored in ``contamination_hits``, shown by the
-``contamination`` view) for every (record, eval item) pair at or above the threshold. With no eval set
-registered, every score is 0.0 and the summary says so.
+reaches ``threshold``; a :class:`ContaminationHit` (``contamination_hits``, ``contamination`` view) for every
+(record, eval item) pair at or above it. With no eval set registered, every score is 0.0 and the summary says so.
 
-Default threshold 0.8 (docs/CHECKS.md): banking77 train (9,999 records) against its test split (3,079 items)
-gives 481 records at overlap >= 0.3, 344 >= 0.5, 98 >= 0.8 and 55 at 1.0. Hand-checked: every pair
-at >= 0.8 was the same query up to punctuation or one added word (10/10); between 0.5 and 0.8 about 7 in 10 were
-the same query reworded, the rest a shared phrase with another question; below 0.5 mostly a shared phrase.
+Default threshold 0.8 (docs/CHECKS.md): banking77 train with ``--template intent`` (9,999) against its test
+split (3,079 items, with or without the template) flags 127 records (131 pairs: 56 full_prompt, 46 typo, 16
+ngram8, 9 ngram13); all test queries found verbatim in train are hits (7 by lower-case comparison, 25 up to
+punctuation); hand check of 20 sampled flagged records: 20/20 the same question up to typos or a trivial word.
+Before template stripping the same setup flagged 546, mostly queries sharing their first words.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from difflib import SequenceMatcher
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,15 +49,21 @@ from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Fi
 from curation.contamination_check import ContaminationError, Reference, load_eval_items
 from curation.near_dup import Scope
 from curation.near_dup_check import scope_text
-from curation.shingles import shingle_batch
+from curation.shingles import ShingleBatch, shingle_batch, tokens
 from schemas.progress import progress
 
 CHECK_NAME = "contamination"
 FULL_PROMPT = "full_prompt"
-#: An n-gram in more than this fraction of the training texts is their prompt template. Half, not the eval
-#: side's 5%: n-grams joining a template to a common first word ("... customer message: I") are in a third
-#: of banking77's training prompts and must stay content.
+TYPO = "typo"
+#: Two words are the same word mistyped at this character similarity (difflib ratio) or more.
+TYPO_WORD_SIMILARITY = 0.75
+#: A word prefix (suffix) that more than this fraction of the texts (training prompts, or eval items) start
+#: (end) with is their prompt template, stripped before n-gramming.
 TEMPLATE_FRACTION = 0.5
+#: ... and it must have at least this many words: a shared first word ("What") is content.
+TEMPLATE_MIN_WORDS = 3
+#: Templates are looked for in the first this many texts of each side.
+TEMPLATE_SAMPLE = 20_000
 
 
 class NgramContaminationConfig(BaseModel):
@@ -80,44 +89,146 @@ class NgramContaminationConfig(BaseModel):
         return self
 
 
+@dataclass(frozen=True)
+class Templates:
+    """Shared word prefixes and suffixes (as token hash sequences) to strip from every text that has them."""
+
+    prefixes: tuple[tuple[int, ...], ...] = ()
+    suffixes: tuple[tuple[int, ...], ...] = ()
+
+    def __or__(self, other: Templates) -> Templates:
+        return Templates(
+            tuple(dict.fromkeys(self.prefixes + other.prefixes)), tuple(dict.fromkeys(self.suffixes + other.suffixes))
+        )
+
+    @property
+    def words(self) -> tuple[int, int]:
+        """Words of the longest prefix and suffix (for the summary)."""
+        return max(map(len, self.prefixes), default=0), max(map(len, self.suffixes), default=0)
+
+
+def _shared_edge(words: ShingleBatch, from_end: bool, max_words: int = 256) -> tuple[int, ...]:
+    """The longest word prefix (``from_end``: suffix) of more than TEMPLATE_FRACTION (and more than 10) of the
+    texts: grown one word at a time while one next word is shared by that many texts (a majority is unique)."""
+    counts, offsets, hashes = words.counts, words.offsets, words.hashes
+    limit = max(10.0, TEMPLATE_FRACTION * len(counts))
+    active = np.arange(len(counts))
+    edge: list[int] = []
+    for k in range(max_words):
+        active = active[counts[active] > k]
+        if len(active) <= limit:
+            break
+        values = hashes[offsets[active + 1] - 1 - k] if from_end else hashes[offsets[active] + k]
+        unique, inverse, df = np.unique(values, return_inverse=True, return_counts=True)
+        best = int(df.argmax())
+        if df[best] <= limit:
+            break
+        edge.append(int(unique[best]))
+        active = active[inverse.ravel() == best]
+    if len(edge) < TEMPLATE_MIN_WORDS:
+        return ()
+    return tuple(edge[::-1]) if from_end else tuple(edge)
+
+
+def find_templates(texts: Sequence[str]) -> Templates:
+    """The prompt template of ``texts`` (their first TEMPLATE_SAMPLE): a shared prefix and/or suffix."""
+    words = shingle_batch(list(texts[:TEMPLATE_SAMPLE]), 1)
+    prefix, suffix = _shared_edge(words, False), _shared_edge(words, True)
+    return Templates((prefix,) if prefix else (), (suffix,) if suffix else ())
+
+
+def _edge_lengths(words: ShingleBatch, edges: Sequence[tuple[int, ...]], from_end: bool) -> np.ndarray:
+    """Per text, the most words it starts (ends) with of any of ``edges``, counted when at least
+    TEMPLATE_MIN_WORDS: every prefix of a template is shared by as many texts, so a prompt is stripped of the
+    longest shared prefix it has (the template, not the first content word that most prompts share)."""
+    counts = words.counts
+    out = np.zeros(len(counts), dtype=np.int64)
+    if not len(words.hashes):
+        return out
+    for edge in edges:
+        size = np.arange(len(edge))
+        target = np.array(edge[::-1] if from_end else edge, dtype=np.uint64)
+        index = (words.offsets[1:, None] - 1 - size) if from_end else (words.offsets[:-1, None] + size)
+        valid = size < counts[:, None]
+        equal = valid & (words.hashes[np.clip(index, 0, len(words.hashes) - 1)] == target)
+        agree = np.cumprod(equal, axis=1).sum(axis=1)
+        out = np.maximum(out, np.where(agree >= TEMPLATE_MIN_WORDS, agree, 0))
+    return out
+
+
+def content_window(texts: Sequence[str], templates: Templates) -> tuple[np.ndarray, np.ndarray]:
+    """Per text, the first and end word position of its content: its words less the template it has."""
+    words = shingle_batch(texts, 1)
+    start = _edge_lengths(words, templates.prefixes, False)
+    end = np.maximum(words.counts - _edge_lengths(words, templates.suffixes, True), start)
+    return start, end
+
+
+def window_ngrams(texts: Sequence[str], n: int, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(text row, hash) of every word ``n``-gram lying inside the text's content window."""
+    batch = shingle_batch(texts, n)
+    rows = np.repeat(np.arange(len(texts), dtype=np.int64), batch.counts)
+    position = np.arange(len(batch.hashes)) - np.repeat(batch.offsets[:-1], batch.counts)
+    inside = (position >= start[rows]) & (position + n <= end[rows])
+    return rows[inside], batch.hashes[inside]
+
+
 class EvalIndex:
     """Eval items as sorted n-gram hashes: ``items[lo:hi]`` are the items containing ``hashes[lo]``.
 
-    ``n_grams[i]`` is the number of distinct (non-boilerplate) n-grams of item ``i``, ``method[i]`` how they
-    were taken, ``lengths`` the n-gram lengths a training text must be hashed with.
+    Each item is first stripped of ``templates`` (the training side's) and of its own eval set's template.
+    ``content[i]`` is the number of words left in item ``i``, ``n[i]`` its n-gram length, ``n_grams[i]`` its
+    number of distinct (non-boilerplate) n-grams, ``method[i]`` how they were taken, ``lengths`` the n-gram
+    lengths a training text must be hashed with.
     """
 
-    def __init__(self, references: Sequence[Reference], config: NgramContaminationConfig) -> None:
+    def __init__(
+        self, references: Sequence[Reference], config: NgramContaminationConfig, templates: Templates | None = None
+    ) -> None:
         self.references = list(references)
         texts = [r.text for r in self.references]
-        n_tokens = shingle_batch(texts, 1).counts if texts else np.zeros(0, dtype=np.int64)
+        self.templates = (templates or Templates()) | find_templates(texts)
+        start, end = content_window(texts, self.templates)
+        content = end - start
         self.method = np.full(len(texts), "", dtype=object)
+        self.n = np.zeros(len(texts), dtype=np.int64)
         item_parts: list[np.ndarray] = []
         hash_parts: list[np.ndarray] = []
         lengths: set[int] = set()
-        groups = (
-            (n_tokens >= config.ngram, config.ngram, f"ngram{config.ngram}"),
+        groups = [
+            (content >= config.ngram, config.ngram, f"ngram{config.ngram}"),
             (
-                (n_tokens >= config.short_ngram) & (n_tokens < config.ngram),
+                (content >= config.short_ngram) & (content < config.ngram),
                 config.short_ngram,
                 f"ngram{config.short_ngram}",
             ),
-            ((n_tokens >= config.min_tokens) & (n_tokens < config.short_ngram), config.short_ngram, FULL_PROMPT),
-        )
+        ]
+        # a short item is one n-gram: all its words
+        groups += [
+            ((content == k) & (k < config.short_ngram), k, FULL_PROMPT)
+            for k in range(config.min_tokens, config.short_ngram)
+        ]
         for mask, n, method in groups:
             rows = np.flatnonzero(mask)
             if not len(rows):
                 continue
-            batch = shingle_batch([texts[i] for i in rows.tolist()], n)
-            item_parts.append(np.repeat(rows, batch.counts))
-            hash_parts.append(batch.hashes)
+            sub, hashes = window_ngrams([texts[i] for i in rows.tolist()], n, start[rows], end[rows])
+            item_parts.append(rows[sub])
+            hash_parts.append(hashes)
             self.method[rows] = method
-            if method == FULL_PROMPT:
-                lengths.update(int(k) for k in np.unique(n_tokens[rows]))
-            else:
-                lengths.add(n)
-        self.n_tokens = n_tokens
-        self.too_short = int((n_tokens < config.min_tokens).sum())
+            self.n[rows] = n
+            lengths.add(n)
+        self.content = content
+        self.too_short = int((content < config.min_tokens).sum())
+        # short items, one word left out at a time: a training text with the same words but one, where that
+        # word differs by a typo, is a copy the word n-grams miss ("why was i chaged twice ...")
+        self.typo_keys: dict[tuple[str, ...], list[tuple[int, str]]] = {}
+        self.typo_items: list[list[str]] = [[] for _ in texts]
+        for i in np.flatnonzero((content >= config.min_tokens) & (content < config.ngram)).tolist():
+            words = tokens(texts[i])[int(start[i]) : int(end[i])]
+            self.typo_items[i] = words
+            for k, word in enumerate(words):
+                self.typo_keys.setdefault((str(k), *words[:k], *words[k + 1 :]), []).append((i, word))
         items = np.concatenate(item_parts) if item_parts else np.zeros(0, dtype=np.int64)
         hashes = np.concatenate(hash_parts) if hash_parts else np.zeros(0, dtype=np.uint64)
         # one row per distinct (item, hash)
@@ -126,10 +237,10 @@ class EvalIndex:
         keep = np.ones(len(items), dtype=bool)
         keep[1:] = (items[1:] != items[:-1]) | (hashes[1:] != hashes[:-1])
         items, hashes = items[keep], hashes[keep]
-        # boilerplate: hashes shared by many items
+        # boilerplate: hashes shared by many items (a template in the middle of the items)
         _, inverse, df = np.unique(hashes, return_inverse=True, return_counts=True)
         limit = max(10.0, config.max_item_fraction * len(texts))
-        common = df[inverse] > limit
+        common = df[inverse.ravel()] > limit
         self.boilerplate_ngrams = int((df > limit).sum())
         items, hashes = items[~common], hashes[~common]
         self.n_grams = np.bincount(items, minlength=len(texts)).astype(np.int64)
@@ -150,65 +261,30 @@ class EvalIndex:
         return left, self.items[np.repeat(lo, counts) + offsets]
 
 
-def training_boilerplate(texts: Sequence[str], n: int, max_fraction: float, sample: int = 20_000) -> np.ndarray:
-    """Sorted hashes of the ``n``-grams found in more than ``max_fraction`` (and more than 10) of the first
-    ``sample`` training texts: a prompt template shared by the training records."""
-    part = list(texts[:sample])
-    if not part:
-        return np.zeros(0, dtype=np.uint64)
-    batch = shingle_batch(part, n)
-    rows = np.repeat(np.arange(len(part), dtype=np.int64), batch.counts)
-    pairs = np.unique(np.stack([rows.astype(np.uint64), batch.hashes]), axis=1)
-    unique, df = np.unique(pairs[1], return_counts=True)
-    return unique[df > max(10.0, max_fraction * len(part))]
-
-
-def content_tokens(texts: Sequence[str], n: int, boilerplate: np.ndarray) -> np.ndarray:
-    """Per text, the number of tokens not covered by a boilerplate ``n``-gram (all tokens when none is)."""
-    n_tok = shingle_batch(texts, 1).counts
-    if not len(boilerplate) or not len(texts):
-        return n_tok
-    batch = shingle_batch(texts, n)
-    rec = np.repeat(np.arange(len(texts), dtype=np.int64), batch.counts)
-    position = np.arange(len(batch.hashes)) - np.repeat(batch.offsets[:-1], batch.counts)
-    tok_offsets = np.concatenate(([0], np.cumsum(n_tok)))
-    is_bp = np.isin(batch.hashes, boilerplate)
-    start = tok_offsets[rec[is_bp]] + position[is_bp]
-    end = start + np.minimum(n, n_tok[rec[is_bp]])
-    diff = np.zeros(int(tok_offsets[-1]) + 1, dtype=np.int64)
-    np.add.at(diff, start, 1)
-    np.add.at(diff, end, -1)
-    covered = np.cumsum(diff)[:-1] > 0
-    token_rec = np.repeat(np.arange(len(texts), dtype=np.int64), n_tok)
-    return n_tok - np.bincount(token_rec[covered], minlength=len(texts))
-
-
 def overlaps(
     texts: Sequence[str], index: EvalIndex, config: NgramContaminationConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every (training text row, eval item row) sharing at least one n-gram: rows, item rows, matched n-gram
-    counts and overlap, sorted by text row then item row.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (training text row, eval item row) sharing at least one n-gram, or a typo copy (method ``typo``,
+    :func:`typo_pairs`): rows, item rows, matched n-gram counts, overlap and method, by chunk of text rows.
 
-    Overlap = matched / the item's n-grams for n-gram items; for a ``full_prompt`` item (one n-gram, the
-    whole prompt) it is the item's words / the training text's words outside training boilerplate (at most
-    1.0), so a short eval prompt that *is* the training prompt scores 1.0 and one that is a phrase inside a
-    long training prompt scores low.
+    Training texts are stripped of the templates of ``index`` first. Overlap = matched / the item's n-grams
+    (containment of the item); for an item shorter than ``ngram`` words, at most its words / the training
+    text's content words, so a short eval query must also be nearly all of the training text's content.
     """
-    boilerplate = training_boilerplate(texts, config.short_ngram, TEMPLATE_FRACTION)
-    item_tokens = index.n_tokens
-    is_full = index.method == FULL_PROMPT
-    rec_parts, item_parts, count_parts, overlap_parts = [], [], [], []
+    long_item = index.method == f"ngram{config.ngram}"
+    rec_parts, item_parts, count_parts, overlap_parts, method_parts = [], [], [], [], []
     chunk = config.chunk
     with progress("contamination", total=len(texts)) as bar:
-        for start in range(0, len(texts), chunk):
-            part = texts[start : start + chunk]
+        for first in range(0, len(texts), chunk):
+            part = list(texts[first : first + chunk])
+            start, end = content_window(part, index.templates)
             pair_rec, pair_hash = [], []
             for n in index.lengths:
-                batch = shingle_batch(part, n)
-                rows = np.repeat(np.arange(len(part), dtype=np.int64), batch.counts)
-                hit = np.isin(batch.hashes, index.hashes)
+                rows, hashes = window_ngrams(part, n, start, end)
+                hit = np.isin(hashes, index.hashes)
                 pair_rec.append(rows[hit])
-                pair_hash.append(batch.hashes[hit])
+                pair_hash.append(hashes[hit])
+            typo_rec, typo_item, typo_overlap = typo_pairs(part, start, end, index)
             if pair_rec:
                 rec = np.concatenate(pair_rec)
                 hashes = np.concatenate(pair_hash)
@@ -221,26 +297,65 @@ def overlaps(
                 codes, counts = np.unique(left * n_items + right, return_counts=True)
                 rows_in_part = codes // n_items
                 items = codes % n_items
-                overlap = counts / np.maximum(index.n_grams[items], 1)
-                full = is_full[items]
-                if full.any():
-                    content = content_tokens([part[i] for i in range(len(part))], config.short_ngram, boilerplate)
-                    ratio = item_tokens[items[full]] / np.maximum(content[rows_in_part[full]], item_tokens[items[full]])
-                    overlap[full] = ratio
-                rec_parts.append(rows_in_part + start)
+                overlap = np.minimum(counts / np.maximum(index.n_grams[items], 1), 1.0)
+                short = ~long_item[items]
+                words = index.content[items[short]]
+                ratio = words / np.maximum((end - start)[rows_in_part[short]], words)
+                overlap[short] = np.minimum(overlap[short], ratio)
+                rec_parts.append(rows_in_part + first)
                 item_parts.append(items)
                 count_parts.append(counts)
                 overlap_parts.append(overlap)
+                method_parts.append(index.method[items])
+            rec_parts.append(typo_rec + first)
+            item_parts.append(typo_item)
+            count_parts.append(np.zeros(len(typo_rec), dtype=np.int64))
+            overlap_parts.append(typo_overlap)
+            method_parts.append(np.full(len(typo_rec), TYPO, dtype=object))
             bar.advance(len(part))
     if not rec_parts:
         empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, empty, np.zeros(0)
+        return empty, empty, empty, np.zeros(0), np.zeros(0, dtype=object)
     return (
         np.concatenate(rec_parts),
         np.concatenate(item_parts),
         np.concatenate(count_parts),
         np.concatenate(overlap_parts),
+        np.concatenate(method_parts),
     )
+
+
+def is_typo(word: str, other: str) -> bool:
+    """Two different words are one mistyped or contracted: character similarity >= TYPO_WORD_SIMILARITY
+    ("chaged"/"charged", "limits"/"limit"), or one starts or ends the other ("m"/"am", "t"/"not")."""
+    if SequenceMatcher(None, word, other).ratio() >= TYPO_WORD_SIMILARITY:
+        return True
+    return word.startswith(other) or word.endswith(other) or other.startswith(word) or other.endswith(word)
+
+
+def typo_pairs(
+    texts: Sequence[str], start: np.ndarray, end: np.ndarray, index: EvalIndex
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(text row, item row, overlap) where the text's content has the words of a short eval item but one, and
+    that word is a typo of the item's (:func:`is_typo`: "chaged"/"charged", "withdrawl"/"withdrawal", "m"/"am",
+    but not "uk"/"us", "currencies"/"countries" or "activate"/"cancel"). Overlap = the character
+    similarity of the two contents (difflib ratio, about 0.95-0.99 for one typo)."""
+    rows: list[int] = []
+    items: list[int] = []
+    overlap: list[float] = []
+    if not index.typo_keys:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0)
+    content = end - start
+    sizes = np.unique(index.content[[i for i, w in enumerate(index.typo_items) if w]])
+    for row in np.flatnonzero(np.isin(content, sizes)).tolist():
+        words = tokens(texts[row])[int(start[row]) : int(end[row])]
+        for k, word in enumerate(words):
+            for item, other in index.typo_keys.get((str(k), *words[:k], *words[k + 1 :]), ()):
+                if other != word and is_typo(word, other):
+                    rows.append(row)
+                    items.append(item)
+                    overlap.append(SequenceMatcher(None, " ".join(words), " ".join(index.typo_items[item])).ratio())
+    return np.array(rows, dtype=np.int64), np.array(items, dtype=np.int64), np.array(overlap, dtype=np.float64)
 
 
 def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOutput:
@@ -256,9 +371,9 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
             note = f"no eval items in eval set(s) {', '.join(config.eval_sets)}"
         findings = [Finding(r.record_id, 0.0, False) for r in records]
         return CheckOutput(findings, summary={"eval_sets": 0, "eval_items": 0, "contaminated": 0, "note": note})
-    index = EvalIndex(references, config)
     texts = [scope_text(r, config.scope) for r in records]
-    rec_rows, item_rows, counts, overlap = overlaps(texts, index, config)
+    index = EvalIndex(references, config, find_templates(texts))
+    rec_rows, item_rows, counts, overlap, methods = overlaps(texts, index, config)
     # best pair per record: highest overlap, then smallest eval record id, then eval set
     item_rank = np.empty(len(references), dtype=np.int64)
     item_rank[sorted(range(len(references)), key=lambda i: (references[i].record_id, references[i].group))] = np.arange(
@@ -267,9 +382,13 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
     order = np.lexsort((item_rank[item_rows], -overlap, rec_rows))
     best: dict[int, int] = {}
     hits: list[ContaminationHit] = []
+    seen: set[tuple[int, int]] = set()
     for k in order.tolist():
         row, item = int(rec_rows[k]), int(item_rows[k])
         best.setdefault(row, k)
+        if (row, item) in seen:  # an n-gram match and a typo match of one pair: the higher overlap counts
+            continue
+        seen.add((row, item))
         if overlap[k] >= config.threshold:
             ref = references[item]
             counted = {"matched_ngrams": int(counts[k]), "item_ngrams": int(index.n_grams[item])}
@@ -279,7 +398,7 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
                     ref.group,
                     ref.record_id,
                     round(float(overlap[k]), 6),
-                    str(index.method[item]),
+                    str(methods[k]),
                     counted,
                 )
             )
@@ -294,7 +413,7 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
             continue
         score = round(float(overlap[k]), 6)
         ref = references[int(item_rows[k])]
-        method = str(index.method[int(item_rows[k])])
+        method = str(methods[k])
         flagged = score >= config.threshold
         details: dict[str, object] = {
             "eval_set": ref.group,
@@ -305,7 +424,9 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
         }
         reason = None
         if flagged:
-            what = "contains eval item" if method == FULL_PROMPT else f"shares {score:.0%} of the {method} of eval item"
+            what = {FULL_PROMPT: "contains eval item", TYPO: "is a typo copy of eval item"}.get(
+                method, f"shares {score:.0%} of the {method} of eval item"
+            )
             reason = f"{what} {ref.record_id} of eval set {ref.group!r}"
         findings.append(Finding(rec.record_id, score, flagged, reason, details))
     summary = {
@@ -315,6 +436,7 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
         "eval_items_too_short": index.too_short,
         "eval_items_all_boilerplate": index.all_boilerplate,
         "boilerplate_ngrams": index.boilerplate_ngrams,
+        "template_words": list(index.templates.words),
         "contaminated": sum(f.flagged for f in findings),
         "hits": len(hits),
         "eval_items_hit": len({(h.eval_set, h.eval_item) for h in hits}),

@@ -77,7 +77,7 @@ def test_flags_exactly_the_leaks_and_stores_hits(catalog: Catalog, leaks: dict[s
     view = catalog.query("SELECT record_id, eval_item, method, overlap FROM contamination ORDER BY method")
     assert {(v["record_id"], v["eval_item"], v["method"], v["overlap"]) for v in view} == {
         (leaks["long_leak"], leaks["eval_long"], "ngram13", 1.0),
-        (leaks["mid_leak"], leaks["eval_mid"], "ngram8", 1.0),
+        (leaks["mid_leak"], leaks["eval_mid"], "ngram8", round(11 / 12, 6)),  # item words / training words
         (leaks["short_leak"], leaks["eval_short"], "full_prompt", 1.0),
     }
 
@@ -101,9 +101,9 @@ def test_template_shared_by_eval_and_train_is_boilerplate() -> None:
     """When the eval set uses the same prompt template, the template's n-grams do not make everything a leak."""
     items = [Reference(f"e{i}", TEMPLATE.format(f"eval query number {i} is about topic {i}"), "s") for i in range(30)]
     index = EvalIndex(items, NgramContaminationConfig())
-    assert index.boilerplate_ngrams > 0
+    assert index.templates.words == (18, 0)  # the template and "eval query number", shared by all 30
     texts = [TEMPLATE.format("a completely different training query about cards"), items[4].text]
-    rows, item_rows, _, overlap = overlaps(texts, index, NgramContaminationConfig())
+    rows, item_rows, _, overlap, _ = overlaps(texts, index, NgramContaminationConfig())
     best = {int(r): float(o) for r, i, o in zip(rows, item_rows, overlap, strict=True) if int(i) == 4}
     assert best.get(0, 0.0) == 0.0 and best[1] == 1.0
 
