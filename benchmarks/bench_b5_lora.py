@@ -133,6 +133,7 @@ def run_ours(base_path: Path, train: list[Any], args: argparse.Namespace, out: P
             "max_length": args.max_length,
             "cpu_threads": args.threads,
             "eval_every": None,
+            "group_by_length": args.group_by_length == "on",
         }
     )
     result = train_lora(base_path, train, [], config, out)
@@ -303,7 +304,7 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The shared settings, as command-line options for a child process."""
     options = ["--n-train", args.n_train, "--n-val", args.n_val, "--epochs", args.epochs, "--batch-size",
                args.batch_size, "--lr", args.lr, "--rank", args.rank, "--alpha", args.alpha, "--max-length",
-               args.max_length, "--threads", args.threads]  # fmt: skip
+               args.max_length, "--threads", args.threads, "--group-by-length", args.group_by_length]  # fmt: skip
     return [str(o) for o in options] + (["--tiny"] if args.tiny else [])
 
 
@@ -319,6 +320,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128, help="ours: truncation; fixed: the padded width")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in every system")
+    parser.add_argument(
+        "--group-by-length",
+        choices=("on", "off"),
+        default="on",
+        help="ours: length-grouped batches (on, the recipe's default) or shuffled batches with dynamic padding",
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)
     parser.add_argument("--base-path", help=argparse.SUPPRESS)

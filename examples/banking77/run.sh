@@ -12,7 +12,7 @@ command -v refinery >/dev/null || refinery=("$here/../../.venv/bin/refinery")
 set -x
 "${refinery[@]}" ingest "$data/train.csv" --map text=user --map category=assistant --template intent --name banking77-train
 "${refinery[@]}" ingest "$data/test.csv" --map text=user --map category=assistant --template intent --eval-set banking77-test
-"${refinery[@]}" scan --checks exact,exact_prompt,near_dup,contamination,near_dup_eval,inconsistency
+"${refinery[@]}" scan --checks exact,exact_prompt,near_dup,contamination,inconsistency
 snapshot=$("${refinery[@]}" snapshot create --policy "$here/policy.yaml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["snapshot_id"])')
 adapter=$("${refinery[@]}" train --snapshot "$snapshot" --config "$here/train.yaml" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["adapter_id"])')
 "${refinery[@]}" eval --adapter "$adapter" --eval-set banking77-test --limit "$limit" --config "$here/eval.yaml" --json || true
