@@ -43,8 +43,14 @@ def test_thin_path_from_files_to_verdict_and_lineage(tmp_path: Path, tiny_model_
     assert evalset["ingested"] == 9
     scan = _run(runner, ws, "scan")
     assert scan["records"] == 81 and scan["exact"]["duplicates"] == 0
+    # the eval items ("alpha case 0") are one token away from training prompts ("alpha case 10"): the default
+    # contamination check flags those training records and the default policy holds them back until reviewed
+    leaked = scan["contamination"]["flagged"]
+    assert leaked > 0
+    blocked = _run(runner, ws, "sql", "SELECT count(DISTINCT record_id) AS n FROM flagged_records")[0]["n"]
+    assert blocked == leaked  # nothing else in this corpus is flagged by a blocking check
     snap = _run(runner, ws, "snapshot", "create")
-    assert snap["train"] + snap["validation"] + snap["test"] == 81
+    assert snap["train"] + snap["validation"] + snap["test"] == 81 - leaked
     config = tmp_path / "train.yaml"
     config.write_text("batch_size: 8\neval_every: 5\nlearning_rate: 0.005\n")
     train_args = ["train", "--snapshot", snap["snapshot_id"], "--base-model", str(tiny_model_dir)]
@@ -86,5 +92,13 @@ def test_thin_path_from_files_to_verdict_and_lineage(tmp_path: Path, tiny_model_
     batch_nodes = [n for n in snapshot_node["parents"] if n["kind"] == "batch"]
     assert [n["id"] for n in batch_nodes] == [batch["batch_id"]]
     files = batch_nodes[0]["parents"]
-    assert files[0]["id"] == str(train.resolve()) and files[0]["rows"] == 83
-    assert files[0]["records"] == 81
+    member_rows = _run(
+        runner,
+        ws,
+        "sql",
+        "SELECT count(*) AS n FROM source_rows s JOIN snapshot_members m USING (record_id) "
+        f"WHERE m.snapshot_id = '{snap['snapshot_id']}'",
+    )[0]["n"]
+    assert 83 - 2 * leaked <= member_rows < 83  # the held-back records' rows are not in the snapshot
+    assert files[0]["id"] == str(train.resolve()) and files[0]["rows"] == member_rows
+    assert files[0]["records"] == 81 - leaked
