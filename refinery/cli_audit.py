@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from refinery.output import CheckFailed, JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
+from refinery.output import CheckFailed, JsonOpt, cli_errors, emit_json, print_facts, print_table, stdout
 
 if TYPE_CHECKING:
     from refinery.workspace import Workspace
@@ -55,13 +55,10 @@ def forget_command(
     """Keep a record (or every record of a source file) out of future snapshots; list the existing snapshots
     and adapters that hold them (history is not rewritten)."""
     with cli_errors():
-        from curation.forget import ForgetError, forget
+        from curation.forget import forget
         from eval.registry import actor
 
-        try:
-            result = forget(_ws().catalog, actor=actor(), source=source, record_id=record, reason=reason)
-        except ForgetError as exc:
-            raise UsageError(str(exc)) from exc
+        result = forget(_ws().catalog, actor=actor(), source=source, record_id=record, reason=reason)
         payload = result.to_json()
         if as_json:
             emit_json(payload)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from refinery.output import JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table
+from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, print_table
 
 if TYPE_CHECKING:
     from refinery.workspace import Workspace
@@ -33,12 +33,9 @@ def redact(
 ) -> None:
     """Store a redacted version ([EMAIL], [PHONE], [CREDIT_CARD], ...) of every record pii flagged."""
     with cli_errors():
-        from curation.redaction import RedactionError, redact_scan
+        from curation.redaction import redact_scan
 
-        try:
-            result = redact_scan(_ws().catalog, scan)
-        except RedactionError as exc:
-            raise UsageError(str(exc)) from exc
+        result = redact_scan(_ws().catalog, scan)
         payload = result.to_json()
         if as_json:
             emit_json(payload)

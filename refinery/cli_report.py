@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from refinery.output import JsonOpt, UsageError, cli_errors, emit_json, print_facts, stdout
+from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, stdout
 
 if TYPE_CHECKING:
     from refinery.workspace import Workspace
@@ -40,15 +40,12 @@ def report(
 ) -> None:
     """Write the quality report of a scan: counts, score histograms, clusters, embedding map, top examples."""
     with cli_errors():
-        from curation.report import ReportError, resolve_scan_id, write_report
+        from curation.report import resolve_scan_id, write_report
 
         ws = _ws()
-        try:
-            scan_id = resolve_scan_id(ws.catalog, scan)
-            path = html.expanduser().resolve() if html else ws.root / "reports" / f"{scan_id}.html"
-            result = write_report(ws.catalog, path, scan_id, examples, max_points, compute_embeddings)
-        except ReportError as exc:
-            raise UsageError(str(exc)) from exc
+        scan_id = resolve_scan_id(ws.catalog, scan)
+        path = html.expanduser().resolve() if html else ws.root / "reports" / f"{scan_id}.html"
+        result = write_report(ws.catalog, path, scan_id, examples, max_points, compute_embeddings)
         if as_json:
             emit_json(result.to_json())
         else:

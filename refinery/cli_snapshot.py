@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from refinery.output import JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
+from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, print_table, stdout
 
 if TYPE_CHECKING:
     from refinery.workspace import Workspace
@@ -120,12 +120,9 @@ def snapshot_diff(
 ) -> None:
     """Records B adds, removes, changes (edited versions) and moves between splits relative to A, with reasons."""
     with cli_errors():
-        from curation.snapshot_diff import SnapshotDiffError, diff_snapshots
+        from curation.snapshot_diff import diff_snapshots
 
-        try:
-            diff = diff_snapshots(_ws().catalog, a, b)
-        except SnapshotDiffError as exc:
-            raise UsageError(str(exc)) from exc
+        diff = diff_snapshots(_ws().catalog, a, b)
         if as_json:
             emit_json(diff)
             return
@@ -146,14 +143,11 @@ def snapshot_export(
     """Write a snapshot as JSONL (jsonl, openai, sharegpt, alpaca) or a Hugging Face dataset (hf) that
     `refinery ingest` reads back to the same record ids."""
     with cli_errors():
-        from curation.export import ExportError, export_snapshot
+        from curation.export import export_snapshot
         from curation.snapshot import load_snapshot
 
         snap = load_snapshot(_ws().catalog, snapshot_id)
-        try:
-            result = export_snapshot(snap, format, out.resolve(), split)
-        except ExportError as exc:
-            raise UsageError(str(exc)) from exc
+        result = export_snapshot(snap, format, out.resolve(), split)
         emit_json(result.to_json()) if as_json else print_facts(result.to_json(), title="export")
 
 

@@ -36,10 +36,15 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     from pydantic import ValidationError
 
     from curation.contamination_check import ContaminationError
+    from curation.export import ExportError
+    from curation.forget import ForgetError
     from curation.ingest.options import IngestConfigError
+    from curation.redaction import RedactionError
+    from curation.report import ReportError
     from curation.review.connection import ReviewError
     from curation.scan import ScanError
     from curation.snapshot import SnapshotError
+    from curation.snapshot_diff import SnapshotDiffError
     from refinery.lineage import LineageError
 
     found: list[type[BaseException]] = [
@@ -51,6 +56,11 @@ def usage_errors() -> tuple[type[BaseException], ...]:
         IngestConfigError,
         ContaminationError,
         ReviewError,
+        ForgetError,
+        RedactionError,
+        ReportError,
+        SnapshotDiffError,
+        ExportError,
     ]
     with contextlib.suppress(ImportError):  # training is an extra; its config errors are usage errors too
         from training.base_model import BaseModelError
