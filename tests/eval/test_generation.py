@@ -76,8 +76,10 @@ def test_label_ranking_matches_full_sequence_loglikelihood(chatty_model_dir: Pat
 
     model, tokenizer = load_model(chatty_model_dir)
     convs = _conversations()[:5]
-    labels = [*LABELS, "other"]
+    # labels sharing leading tokens share nodes of the label trie; one label is a prefix of another
+    labels = [*LABELS, "other", "card_lost_abroad", "card_linking", "card", "refund_request_not_showing"]
     scores = label_loglikelihoods(model, tokenizer, convs, labels, batch_size=2)
+    assert abs(scores - label_loglikelihoods(model, tokenizer, convs, labels, batch_size=5)).max() < 1e-4
     eos = tokenizer.eos_token_id
     for c, prompt in enumerate(render_prompts(tokenizer, convs)):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
