@@ -34,6 +34,7 @@ from eval.generation import (
     render_prompts,
 )
 from eval.loss import reference_losses
+from schemas.compute import torch_threads
 
 ADAPTER = "adapter"
 BASE_ZERO_SHOT = "base_zero_shot"
@@ -67,6 +68,12 @@ class EvalConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the shot draw (and of the bootstrap, via thresholds).")
     batch_size: int = Field(default=16, ge=1, description="Conversations per generate() call.")
     ranking_batch_size: int = Field(default=8, ge=1, description="Prompts per label-ranking pass.")
+    cpu_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch CPU threads during the run (restored after); None = torch's default (all cores). "
+        "Changes no result (not part of the eval id); on a busy shared machine 1 thread is often faster.",
+    )
     max_new_tokens: int | None = Field(
         default=None, ge=1, description="Generation budget; default: the task's, else longest label + 4 tokens."
     )
@@ -282,6 +289,35 @@ def run_eval(
     check; the base model's reference answers are cached in ``cache_dir`` under ``base_model_id``.
     """
     config = config or EvalConfig()
+    with torch_threads(config.cpu_threads):
+        return _evaluate(
+            base_path,
+            adapter_path,
+            examples,
+            task,
+            shots_pool,
+            config,
+            contaminated,
+            champion,
+            general_set,
+            base_model_id,
+            cache_dir,
+        )
+
+
+def _evaluate(
+    base_path: Path | str,
+    adapter_path: Path | str,
+    examples: Sequence[EvalExample],
+    task: EvalTask,
+    shots_pool: Sequence[EvalExample],
+    config: EvalConfig,
+    contaminated: bool,
+    champion: Champion | None,
+    general_set: Path | None,
+    base_model_id: str | None,
+    cache_dir: Path | None,
+) -> EvalReport:
     task = task.with_fields_from(examples)
     task.check_examples(examples)
     systems = [

@@ -190,7 +190,7 @@ def evaluate_adapter(
         {
             "adapter": adapter_id,
             "eval_set": ehash,
-            "config": config.model_dump(mode="json"),
+            "config": config.model_dump(mode="json", exclude={"cpu_threads"}),  # threads change no result
             "task": task.model_dump(mode="json"),
             "champion": champion.adapter_id if champion else None,
             "general_set": str(general_set) if general_set else None,

@@ -10,18 +10,17 @@ their label-token count), so gradient accumulation gives the same update as one 
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import resource
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from schemas.atomic import atomic_directory
+from schemas.compute import torch_threads
 from schemas.ids import canonical_json, sha256_text
 from schemas.progress import progress
 from training import checkpoint as ckpt
@@ -108,7 +107,7 @@ def train_lora(
     started = time.perf_counter()
     if out_dir.exists():
         raise FileExistsError(f"{out_dir} already exists; adapters are immutable")
-    with _cpu_threads(config.cpu_threads):
+    with torch_threads(config.cpu_threads):
         return _train_and_save(base, train, validation, config, out_dir, checkpoint_dir, started)
 
 
@@ -281,20 +280,6 @@ def lr_factor(step: int, total_steps: int, warmup_ratio: float, schedule: str) -
     if schedule == "linear":
         return 1.0 - done
     return 0.5 * (1.0 + math.cos(math.pi * done))
-
-
-@contextlib.contextmanager
-def _cpu_threads(threads: int | None) -> Iterator[None]:
-    """Run the body with ``threads`` torch CPU threads, restoring the process-wide setting afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _seed_everything(seed: int) -> None:
