@@ -16,11 +16,26 @@ here: the finding says which eval item leaked, and a reviewer or a snapshot poli
 match is also a :class:`ContaminationHit` (method ``minhash``, overlap = the exact Jaccard), so the
 ``contamination`` view lists these beside the n-gram check's hits.
 
+**Templates.** Texts are compared on their content (``strip_templates``, on by default): the prompt template of
+the training records and the one of each eval set (:func:`curation.prompt_templates.find_templates`, shared with
+the ``contamination`` check) are stripped from every text that has them, on both sides, before sketching and
+verification. A shared template otherwise dominates the shingles of short prompts: banking77 train ingested with
+``--template intent`` flagged 5,146 of 9,999 records against its test split registered with the same template
+(random queries sharing the template's 12 shingles), and 1 against the test split registered without it (a
+verbatim copy of a 10-word query then has Jaccard 6/22); with the templates stripped, 160 either way, including
+all 25 training records with the words of a test query (at 1.0). Reasons then say ``prompt content, template
+stripped`` and ``details.template_stripped`` is true. Contents are sketched once and stored under their own
+signature key, named by the templates (:func:`content_signatures`); texts without a template keep ``near_dup``'s
+signatures. :func:`find_matches` strips for :func:`check_against_snapshot` and the snapshot's eval-set check
+alike.
+
 Default threshold 0.6, lower than ``near_dup``'s 0.7, because a missed leak costs more than a reviewed
 false alarm and eval items are short prompts: with 5-word shingles, one substituted word in the middle of an
-``n``-word prompt gives Jaccard ``(n-9)/(n+1)``, which reaches 0.7 only from 33 words but 0.6 from 24 words.
-Prompts shorter than the shingle size are a single shingle, so they match only when equal after
-normalisation, whatever the threshold.
+``n``-word content gives Jaccard ``(n-9)/(n+1)``, which reaches 0.7 only from 33 words but 0.6 from 24 words.
+Contents shorter than the shingle size are a single shingle, so they match only when equal after
+normalisation, whatever the threshold. On banking77 (contents of 2-84 words, median 10), 0.6 flags 160
+records, 16 of 20 sampled the same query (the 4 others: short questions differing in their last word, "verify
+my card" / "verify my identity"); 0.7 flags 77, 0.8 37 (docs/CHECKS.md).
 """
 
 from __future__ import annotations
@@ -36,15 +51,17 @@ from pydantic import Field
 
 from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Finding, ScanRecord
 from curation.lsh import band_keys, sorted_unique
-from curation.minhash import Sketches, estimate_pairs
-from curation.minhash_store import signatures_for
+from curation.minhash import MinHashParams, Sketches, estimate_pairs
+from curation.minhash_store import SignatureLookup, signatures_for
 from curation.near_dup import NearDupConfig, Scope, match_stats
 from curation.near_dup_check import scope_text
+from curation.prompt_templates import Templates, content_texts, find_templates, group_templates
 from curation.verify import verify_pairs
 from schemas.catalog import Catalog
 from schemas.ids import canonical_json, sha256_text
 
 CHECK_NAME = "near_dup_eval"
+EMPTY_CONTENT = "empty, whitespace or punctuation only, or nothing but the prompt template"
 
 
 class ContaminationError(Exception):
@@ -58,10 +75,15 @@ class ContaminationConfig(NearDupConfig):
     threshold: float = Field(0.6, gt=0.0, le=1.0, description="Minimum exact Jaccard similarity of a match.")
     scope: Scope = Field("prompt", description="Text compared: the prompt (eval items are prompts), response, pair.")
     eval_sets: list[str] | None = Field(None, description="Compare only with these eval sets (default: all).")
+    strip_templates: bool = Field(
+        True,
+        description="Compare contents: strip the prompt template shared by most query records, and each reference "
+        "group's own (eval set, snapshot split), from the texts of both sides before sketching.",
+    )
 
     def near_dup_config(self) -> NearDupConfig:
         """The same sketch and band parameters as a ``near_dup`` config (hence the same stored signatures)."""
-        return NearDupConfig.model_validate(self.model_dump(exclude={"eval_sets"}))
+        return NearDupConfig.model_validate(self.model_dump(exclude={"eval_sets", "strip_templates"}))
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,7 @@ class Match:
     matched_record_id: str  # the eval item or snapshot member
     similarity: float
     matched_in: str  # the eval set name, or the snapshot split of the member
+    template_stripped: bool = False  # compared after stripping a prompt template from either text
 
 
 @dataclass(frozen=True)
@@ -131,17 +154,35 @@ def find_matches(
     config: ContaminationConfig,
 ) -> tuple[list[Match], dict[str, Any], set[str]]:
     """Every verified (query record, reference) pair at or above the threshold, statistics, and the query
-    records whose text has no shingles (they match nothing).
+    records whose content has no shingles (they match nothing).
 
-    Signatures are looked up (or sketched and stored) once per distinct record id across both sides.
+    With ``config.strip_templates``, both sides are compared on their content (:mod:`curation.prompt_templates`):
+    every text is stripped of the template of the query texts and of the template of each reference group (its
+    own eval set or split), whichever it has, so a shared template neither makes unrelated prompts match nor
+    hides a copy whose other side has no template. Signatures are looked up (or sketched and stored) once per
+    distinct record id across both sides (:func:`content_signatures`).
     """
     nd = config.near_dup_config()
     clock = [time.perf_counter()]
-    texts_by_id = dict(zip(query_ids, query_texts, strict=True))
-    for ref in references:
-        texts_by_id.setdefault(ref.record_id, ref.text)
+    reference_texts = [r.text for r in references]
+    templates = Templates()
+    if config.strip_templates:
+        templates = find_templates(query_texts) | group_templates(reference_texts, [r.group for r in references])
+    query_texts, query_stripped = content_texts(query_texts, templates)
+    reference_texts, reference_stripped = content_texts(reference_texts, templates)
+    texts_by_id = dict(zip(query_ids, zip(query_texts, query_stripped.tolist(), strict=True), strict=True))
+    for ref, text, stripped in zip(references, reference_texts, reference_stripped.tolist(), strict=True):
+        texts_by_id.setdefault(ref.record_id, (text, stripped))
     ids = sorted(texts_by_id)
-    lookup = signatures_for(catalog, ids, [texts_by_id[i] for i in ids], nd.minhash_params(), config.scope)
+    lookup = content_signatures(
+        catalog,
+        ids,
+        [texts_by_id[i][0] for i in ids],
+        np.array([texts_by_id[i][1] for i in ids], dtype=bool),
+        nd.minhash_params(),
+        config.scope,
+        templates,
+    )
     position = {rid: i for i, rid in enumerate(ids)}
     q_rows = np.array([position[r] for r in query_ids], dtype=np.int64)
     r_rows = np.array([position[r.record_id] for r in references], dtype=np.int64)
@@ -168,25 +209,68 @@ def find_matches(
         keep = estimate_pairs(stacked, left, right + n_query) >= config.threshold - margin
         left, right = left[keep], right[keep]
     clock.append(time.perf_counter())
-    all_texts = [*query_texts, *(r.text for r in references)]
+    all_texts = [*query_texts, *reference_texts]
     good_left, good_right, similarity, _ = verify_pairs(
         all_texts, left, right + n_query, config.threshold, config.ngram
     )
     clock.append(time.perf_counter())
+    stripped = np.concatenate([query_stripped, reference_stripped])
     matches = [
-        Match(query_ids[i], references[j - n_query].record_id, s, references[j - n_query].group)
+        Match(
+            query_ids[i],
+            references[j - n_query].record_id,
+            s,
+            references[j - n_query].group,
+            bool(stripped[i] or stripped[j]),
+        )
         for i, j, s in zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True)
     ]
     matches.sort(key=lambda m: (m.record_id, -m.similarity, m.matched_record_id, m.matched_in))
     stats = {
         **match_stats(config, bands, rows, n_candidates, len(left), len(matches)),
         "empty_texts": int((query.n_shingles == 0).sum()),
+        "template_words": list(templates.words),
+        "templated_records": int(query_stripped.sum()),
+        "templated_references": int(reference_stripped.sum()),
         "sketched": lookup.sketched,
         "signatures_reused": lookup.reused,
         "stage_seconds": dict(zip(("sketch", "candidates", "verify"), np.diff(clock).round(3).tolist(), strict=True)),
     }
     empty = {query_ids[i] for i in np.flatnonzero(query.n_shingles == 0).tolist()}
     return matches, stats, empty
+
+
+def content_signatures(
+    catalog: Catalog | None,
+    record_ids: Sequence[str],
+    texts: Sequence[str],
+    stripped: np.ndarray,
+    params: MinHashParams,
+    scope: Scope,
+    templates: Templates,
+) -> SignatureLookup:
+    """Signatures of the records' contents (``texts``; ``stripped[i]``: a template was cut from record ``i``).
+
+    A record left whole is sketched under the plain ``scope`` key, so it shares its stored signature with
+    ``near_dup``; a stripped record's content is a function of its text and the templates, so it is stored
+    under a key naming both (``"<scope>:content:<templates digest>"``) and reused while the templates stay.
+    """
+    signatures = np.zeros((len(record_ids), params.num_perm), dtype=np.uint32)
+    n_shingles = np.zeros(len(record_ids), dtype=np.int64)
+    sketched = reused = 0
+    for rows, key in ((np.flatnonzero(~stripped), scope), (np.flatnonzero(stripped), content_key(scope, templates))):
+        if not len(rows):
+            continue
+        chosen = rows.tolist()
+        part = signatures_for(catalog, [record_ids[i] for i in chosen], [texts[i] for i in chosen], params, key)
+        signatures[rows], n_shingles[rows] = part.sketches.signatures, part.sketches.n_shingles
+        sketched, reused = sketched + part.sketched, reused + part.reused
+    return SignatureLookup(Sketches(signatures, n_shingles), sketched, reused)
+
+
+def content_key(scope: Scope, templates: Templates) -> str:
+    """The signature scope key of contents stripped of ``templates``."""
+    return f"{scope}:content:{templates.digest()}"
 
 
 def best_matches(matches: Sequence[Match]) -> dict[str, Match]:
@@ -244,19 +328,21 @@ def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
     for rid in ids:
         match = best.get(rid)
         if match is None:
-            skipped = {"scope": config.scope, "skipped": "no shingles: empty, whitespace or punctuation only"}
+            skipped = {"scope": config.scope, "skipped": f"no shingles: {EMPTY_CONTENT}"}
             findings.append(Finding(rid, 0.0, False, None, skipped if rid in empty else None))
             continue
         similarity = round(match.similarity, 6)
+        compared = f"{config.scope} content, template stripped" if match.template_stripped else config.scope
         reason = (
             f"near duplicate of eval item {match.matched_record_id} in eval set {match.matched_in!r} "
-            f"(Jaccard {match.similarity:.3f}, {config.scope})"
+            f"(Jaccard {match.similarity:.3f}, {compared})"
         )
         details: dict[str, object] = {
             "eval_set": match.matched_in,
             "eval_record_id": match.matched_record_id,
             "similarity": similarity,
             "scope": config.scope,
+            "template_stripped": match.template_stripped,
             "eval_matches": n_matches[rid],
         }
         findings.append(Finding(rid, match.similarity, True, reason, details))

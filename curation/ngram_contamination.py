@@ -9,6 +9,7 @@ separators), n-grams their 64-bit hashes.
    for the eval items, separately. Every text is stripped of the longest prefix/suffix of those it has (every
    prefix of a template is as shared as the template, so a prompt keeps the first content word that most
    prompts share). What is left is the text's **content**; an item with no content is not tested.
+   (:mod:`curation.prompt_templates`, shared with ``near_dup_eval``.)
 2. **Method by content length** of the eval item: >= ``ngram`` (13) words, its 13-grams (``ngram13``);
    ``short_ngram`` (8) to 12, its 8-grams (``ngram8``); ``min_tokens`` (3) to 7, the whole content as one
    n-gram (``full_prompt``); under 3 words, not tested (counted in the summary). Training n-grams count only
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 import numpy as np
@@ -49,7 +49,8 @@ from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Fi
 from curation.contamination_check import ContaminationError, Reference, load_eval_items
 from curation.near_dup import Scope
 from curation.near_dup_check import scope_text
-from curation.shingles import ShingleBatch, shingle_batch, tokens
+from curation.prompt_templates import Templates, content_window, find_templates
+from curation.shingles import shingle_batch, tokens
 from schemas.progress import progress
 
 CHECK_NAME = "contamination"
@@ -57,13 +58,6 @@ FULL_PROMPT = "full_prompt"
 TYPO = "typo"
 #: Two words are the same word mistyped at this character similarity (difflib ratio) or more.
 TYPO_WORD_SIMILARITY = 0.75
-#: A word prefix (suffix) that more than this fraction of the texts (training prompts, or eval items) start
-#: (end) with is their prompt template, stripped before n-gramming.
-TEMPLATE_FRACTION = 0.5
-#: ... and it must have at least this many words: a shared first word ("What") is content.
-TEMPLATE_MIN_WORDS = 3
-#: Templates are looked for in the first this many texts of each side.
-TEMPLATE_SAMPLE = 20_000
 
 
 class NgramContaminationConfig(BaseModel):
@@ -87,81 +81,6 @@ class NgramContaminationConfig(BaseModel):
         if self.short_ngram > self.ngram:
             raise ValueError(f"short_ngram ({self.short_ngram}) must not exceed ngram ({self.ngram})")
         return self
-
-
-@dataclass(frozen=True)
-class Templates:
-    """Shared word prefixes and suffixes (as token hash sequences) to strip from every text that has them."""
-
-    prefixes: tuple[tuple[int, ...], ...] = ()
-    suffixes: tuple[tuple[int, ...], ...] = ()
-
-    def __or__(self, other: Templates) -> Templates:
-        return Templates(
-            tuple(dict.fromkeys(self.prefixes + other.prefixes)), tuple(dict.fromkeys(self.suffixes + other.suffixes))
-        )
-
-    @property
-    def words(self) -> tuple[int, int]:
-        """Words of the longest prefix and suffix (for the summary)."""
-        return max(map(len, self.prefixes), default=0), max(map(len, self.suffixes), default=0)
-
-
-def _shared_edge(words: ShingleBatch, from_end: bool, max_words: int = 256) -> tuple[int, ...]:
-    """The longest word prefix (``from_end``: suffix) of more than TEMPLATE_FRACTION (and more than 10) of the
-    texts: grown one word at a time while one next word is shared by that many texts (a majority is unique)."""
-    counts, offsets, hashes = words.counts, words.offsets, words.hashes
-    limit = max(10.0, TEMPLATE_FRACTION * len(counts))
-    active = np.arange(len(counts))
-    edge: list[int] = []
-    for k in range(max_words):
-        active = active[counts[active] > k]
-        if len(active) <= limit:
-            break
-        values = hashes[offsets[active + 1] - 1 - k] if from_end else hashes[offsets[active] + k]
-        unique, inverse, df = np.unique(values, return_inverse=True, return_counts=True)
-        best = int(df.argmax())
-        if df[best] <= limit:
-            break
-        edge.append(int(unique[best]))
-        active = active[inverse.ravel() == best]
-    if len(edge) < TEMPLATE_MIN_WORDS:
-        return ()
-    return tuple(edge[::-1]) if from_end else tuple(edge)
-
-
-def find_templates(texts: Sequence[str]) -> Templates:
-    """The prompt template of ``texts`` (their first TEMPLATE_SAMPLE): a shared prefix and/or suffix."""
-    words = shingle_batch(list(texts[:TEMPLATE_SAMPLE]), 1)
-    prefix, suffix = _shared_edge(words, False), _shared_edge(words, True)
-    return Templates((prefix,) if prefix else (), (suffix,) if suffix else ())
-
-
-def _edge_lengths(words: ShingleBatch, edges: Sequence[tuple[int, ...]], from_end: bool) -> np.ndarray:
-    """Per text, the most words it starts (ends) with of any of ``edges``, counted when at least
-    TEMPLATE_MIN_WORDS: every prefix of a template is shared by as many texts, so a prompt is stripped of the
-    longest shared prefix it has (the template, not the first content word that most prompts share)."""
-    counts = words.counts
-    out = np.zeros(len(counts), dtype=np.int64)
-    if not len(words.hashes):
-        return out
-    for edge in edges:
-        size = np.arange(len(edge))
-        target = np.array(edge[::-1] if from_end else edge, dtype=np.uint64)
-        index = (words.offsets[1:, None] - 1 - size) if from_end else (words.offsets[:-1, None] + size)
-        valid = size < counts[:, None]
-        equal = valid & (words.hashes[np.clip(index, 0, len(words.hashes) - 1)] == target)
-        agree = np.cumprod(equal, axis=1).sum(axis=1)
-        out = np.maximum(out, np.where(agree >= TEMPLATE_MIN_WORDS, agree, 0))
-    return out
-
-
-def content_window(texts: Sequence[str], templates: Templates) -> tuple[np.ndarray, np.ndarray]:
-    """Per text, the first and end word position of its content: its words less the template it has."""
-    words = shingle_batch(texts, 1)
-    start = _edge_lengths(words, templates.prefixes, False)
-    end = np.maximum(words.counts - _edge_lengths(words, templates.suffixes, True), start)
-    return start, end
 
 
 def window_ngrams(texts: Sequence[str], n: int, start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
