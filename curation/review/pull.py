@@ -11,6 +11,7 @@ interrupted can be rerun to completion and a second pull changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from curation.ingest.store import BatchStore, Chunk
-from curation.review.connection import Connection, ReviewError, server_errors
+from curation.review.connection import Connection, ReviewError
 from curation.review.push import DECISIONS, POLICIES, load_items, queue_round
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
@@ -62,25 +63,34 @@ def _value(values: dict[str, Any] | None, question: str) -> Any:
     return entry.get("value") if isinstance(entry, dict) else None
 
 
+def _get_json(client: Any, path: str, params: dict[str, Any]) -> Any:
+    """One GET through the SDK's HTTP client (its key header); a read, so :meth:`Connection.call` may repeat it."""
+    response = client.http_client.get(path, params=params)
+    response.raise_for_status()
+    return response.json()
+
+
 def fetch_round(catalog: Catalog, connection: Connection, round_row: dict[str, Any], client: Any) -> tuple[int, int]:
     """Store every response of the round's dataset (raw, with annotator and Argilla ids); return (seen, new)."""
     round_name, dataset_id = round_row["round_name"], round_row["argilla_dataset_id"]
-    with server_errors(connection, f"listing users for round {round_name}"):
-        users = client.http_client.get("/api/v1/users")
-        users.raise_for_status()
-        # only ids and names are kept: this listing also carries every user's API key
-        names = {u["id"]: u["username"] for u in users.json()["items"]}
+    users = connection.call(
+        f"listing users for round {round_name}", functools.partial(_get_json, client, "/api/v1/users", {})
+    )
+    # only ids and names are kept: this listing also carries every user's API key
+    names = {u["id"]: u["username"] for u in users["items"]}
     seen = new = 0
     offset = 0
     with progress(f"pull {round_name}") as bar:
         while True:
-            with server_errors(connection, f"fetching records {offset + 1}-{offset + PAGE} of round {round_name}"):
-                page = client.http_client.get(
+            body = connection.call(
+                f"fetching records {offset + 1}-{offset + PAGE} of round {round_name}",
+                functools.partial(
+                    _get_json,
+                    client,
                     f"/api/v1/datasets/{dataset_id}/records",
-                    params={"include": "responses", "offset": offset, "limit": PAGE},
-                )
-                page.raise_for_status()
-                body = page.json()
+                    {"include": "responses", "offset": offset, "limit": PAGE},
+                ),
+            )
             items = body.get("items", [])
             rows = []
             now = utcnow()

@@ -4,16 +4,21 @@ The round's items are written to the catalog first (``review_items``, ``pushed_a
 in batches with the Refinery record id as the Argilla record id (external id), and marked pushed batch by
 batch. Argilla upserts by that id, so a push interrupted by a server error and run again adds no duplicates; a
 rerun of a complete push sends nothing. Records that already have a decision are not queued again.
+
+Each call to Argilla is retried with backoff when the server is down, times out or answers 5xx
+(:meth:`Connection.call`); every one is safe to repeat (lookups, a creation that first looks for what exists, and
+upserts by id). A key that may not write (an annotator's) is refused with :class:`ReviewPermissionError`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from curation.review.connection import Connection, ReviewError, server_errors
+from curation.review.connection import Connection, ReviewError
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json
 from schemas.progress import log, progress
@@ -313,11 +318,15 @@ def load_items(catalog: Catalog, round_name: str, pending_only: bool) -> list[Re
 
 
 def ensure_dataset(connection: Connection, client: Any, round_row: dict[str, Any], vector_dims: int | None) -> Any:
-    """The round's Argilla dataset: found, or created and published (a draft left by a crash is replaced)."""
+    """The round's Argilla dataset: found, or created and published (a draft left by a crash is replaced).
+
+    Safe to repeat, so it is retried as a whole: each try looks for what an earlier one left.
+    """
     import argilla as rg
 
     name, ws_name = round_row["dataset_name"], round_row["argilla_workspace"]
-    with server_errors(connection, f"preparing dataset {name}"):
+
+    def prepare() -> Any:
         workspace = client.workspaces(ws_name)
         if workspace is None:
             workspace = rg.Workspace(name=ws_name, client=client).create()
@@ -329,7 +338,9 @@ def ensure_dataset(connection: Connection, client: Any, round_row: dict[str, Any
             checks = [c for c in round_row["checks"].split(",") if c]
             settings = dataset_settings(checks, int(round_row["min_submitted"]), vector_dims)
             dataset = rg.Dataset(name=name, workspace=workspace, settings=settings, client=client).create()
-    return dataset
+        return dataset
+
+    return connection.call(f"preparing dataset {name}", prepare)
 
 
 def push_round(
@@ -361,8 +372,10 @@ def push_round(
         for start in range(0, len(pending), batch_size):
             batch = pending[start : start + batch_size]
             records = [argilla_record(i, vectors.get(i.record_id)) for i in batch]
-            with server_errors(connection, f"pushing records {start + 1}-{start + len(batch)} of {len(pending)}"):
-                dataset.records.log(records, batch_size=batch_size)
+            connection.call(
+                f"pushing records {start + 1}-{start + len(batch)} of {len(pending)}",
+                functools.partial(dataset.records.log, records, batch_size=batch_size),  # upsert by id: repeatable
+            )
             with catalog.write() as con:
                 con.executemany(
                     "UPDATE review_items SET pushed_at = ? WHERE round_name = ? AND record_id = ?",

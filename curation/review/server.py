@@ -156,6 +156,8 @@ def serve(workspace: Path, port: int = 6900, host: str = "127.0.0.1", wait: floa
     state = load_server_state(paths)
     if state and _alive(state.get("pid"), str(LAUNCHER)):
         return {**state, "already_running": True, "credentials_file": str(paths.credentials)}
+    if state:  # the last server died (killed, crashed): stop the redis-server it left, then start afresh
+        _terminate(state.get("redis_pid"), "redis-server")
     if _port_in_use(host, port):
         raise ReviewError(f"port {port} on {host} is in use: pick another with --port")
     python = ensure_server_venv()

@@ -8,9 +8,6 @@ agreement, status, calibrate, resumption after injected faults, and that the key
 from __future__ import annotations
 
 import json
-import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,74 +15,15 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from curation.ingest.options import IngestOptions
-from curation.ingest.pipeline import ingest
 from curation.review.connection import ReviewPaths, ReviewServerError, resolve_connection
 from curation.review.pull import pull
 from curation.review.push import push, push_round
 from curation.review.report import calibrate, status
-from curation.review.server import serve, server_venv, stop
-from curation.scan import run_scan
 from refinery.cli import app
 from schemas.catalog import Catalog
+from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (server_venv() / "bin" / "python").exists() and not os.environ.get("CI"),
-        reason="argilla-server venv missing (make install creates it)",
-    ),
-]
-
-
-def _chat(user: str, assistant: str) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    saved = {k: os.environ.pop(k) for k in ("ARGILLA_API_URL", "ARGILLA_API_KEY") if k in os.environ}
-    os.environ["REFINERY_PROGRESS"] = "0"
-    ws = tmp_path_factory.mktemp("review") / "ws"
-    ws.mkdir()
-    catalog = Catalog(ws / "catalog.duckdb")
-    catalog.migrate()
-    lines = [_chat(f"question {i} about topic {i}", f"answer {i}") for i in range(20)]
-    lines += [
-        _chat("Where is my card?", "card_lost"),
-        _chat("where is my  CARD", "card_lost"),  # exact duplicate
-        _chat("Has my top up gone through?", "pending_top_up"),
-        _chat("Has my top up gone through?", "top_up_failed"),  # same prompt, conflicting answer
-        _chat("Can I change my PIN?", "change_pin"),
-        _chat("Can I change my PIN?", "pin_blocked"),
-    ]
-    data = ws.parent / "train.jsonl"
-    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    ingest(catalog, [data], IngestOptions(name="train"))
-    scan = run_scan(catalog, ["exact", "exact_prompt"])
-    info = serve(ws, port=_free_port())
-    try:
-        yield {"ws": ws, "catalog": catalog, "scan_id": scan.scan_id, "info": info}
-    finally:
-        stop(ws)
-        os.environ.update(saved)
-
-
-def _annotator_key(url: str, owner: Any, name: str, workspace: str) -> str:
-    import argilla as rg
-
-    password = name + "-pass-1234"
-    user = owner.users(name) or rg.User(username=name, password=password, role="annotator", client=owner).create()
-    user.add_to_workspace(owner.workspaces(workspace))
-    token = requests.post(f"{url}/api/v1/token", data={"username": name, "password": password}, timeout=30).json()
-    me = requests.get(f"{url}/api/v1/me", headers={"Authorization": f"Bearer {token['access_token']}"}, timeout=30)
-    return str(me.json()["api_key"])
+pytestmark = NEEDS_SERVER
 
 
 def _respond(url: str, key: str, dataset_id: str, answers: dict[str, dict[str, str]]) -> None:
@@ -121,25 +59,28 @@ def _counts(catalog: Catalog) -> dict[str, int]:
     return {t: int(catalog.scalar(f"SELECT count(*) FROM {t}")) for t in tables}
 
 
-def test_push_resumes_after_a_failure_without_duplicates(env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_resumes_after_a_failure_without_duplicates(
+    review_env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from argilla.records._dataset_records import DatasetRecords
 
-    catalog, ws = env["catalog"], env["ws"]
+    catalog, ws = review_env.catalog, review_env.ws
     connection = resolve_connection(ws)
     calls = {"n": 0}
     real_log = DatasetRecords.log
 
     def flaky(self: Any, records: Any, *args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] >= 2:  # the server went away after the first batch, and stays away
             import httpx
 
             raise httpx.ConnectError("server went away")
         return real_log(self, records, *args, **kwargs)
 
     monkeypatch.setattr(DatasetRecords, "log", flaky)
-    with pytest.raises(ReviewServerError, match="rerun the command to resume"):
+    with pytest.raises(ReviewServerError, match=f"after {connection.retry.attempts} attempts.*rerun the command"):
         push(catalog, connection, round_name="r1", min_submitted=2, batch_size=2)
+    assert calls["n"] == 1 + connection.retry.attempts  # batch 1, then batch 2 tried 4 times (bounded)
     pushed = catalog.scalar("SELECT count(*) FROM review_items WHERE round_name = 'r1' AND pushed_at IS NOT NULL")
     assert pushed == 2
     monkeypatch.setattr(DatasetRecords, "log", real_log)
@@ -161,9 +102,9 @@ def test_push_resumes_after_a_failure_without_duplicates(env: dict[str, Any], mo
 
 
 def test_pull_applies_decisions_edits_and_agreement_idempotently(
-    env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    review_env: ReviewEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    catalog, ws = env["catalog"], env["ws"]
+    catalog, ws = review_env.catalog, review_env.ws
     connection = resolve_connection(ws)
     owner = connection.client()
     url = connection.api_url
@@ -174,8 +115,8 @@ def test_pull_applies_decisions_edits_and_agreement_idempotently(
     wrong = ids["Has my top up gone through?|top_up_failed"]
     right = ids["Has my top up gone through?|pending_top_up"]
     pin = ids["Can I change my PIN?|pin_blocked"]
-    alice = _annotator_key(url, owner, "alice", "refinery")
-    bob = _annotator_key(url, owner, "bob", "refinery")
+    alice = annotator_key(url, owner, "alice", "refinery")
+    bob = annotator_key(url, owner, "bob", "refinery")
     _respond(url, alice, dataset_id, {
         dup: {"decision": "reject"}, kept: {"decision": "approve"}, right: {"decision": "approve"},
         wrong: {"decision": "edit", "corrected_response": "pending_top_up", "comment": "label was wrong"},
@@ -232,8 +173,8 @@ def test_pull_applies_decisions_edits_and_agreement_idempotently(
     assert exact_prompt["precision"] == pytest.approx(0.5)
 
 
-def test_escalate_policy_queues_a_second_round(env: dict[str, Any]) -> None:
-    catalog, ws = env["catalog"], env["ws"]
+def test_escalate_policy_queues_a_second_round(review_env: ReviewEnv) -> None:
+    catalog, ws = review_env.catalog, review_env.ws
     [result] = pull(catalog, resolve_connection(ws), "r1", policy="escalate")
     assert result.escalated_to == "r1-escalation"
     items = catalog.query("SELECT record_id FROM review_items WHERE round_name = 'r1-escalation'")
@@ -244,8 +185,8 @@ def test_escalate_policy_queues_a_second_round(env: dict[str, Any]) -> None:
     assert pushed.pushed == 1 and pushed.dataset_name == "refinery-r1-escalation"
 
 
-def test_cli_and_logs_never_show_the_key(env: dict[str, Any]) -> None:
-    ws: Path = env["ws"]
+def test_cli_and_logs_never_show_the_key(review_env: ReviewEnv) -> None:
+    ws: Path = review_env.ws
     paths = ReviewPaths(ws)
     key = json.loads(paths.credentials.read_text())["api_key"]
     assert oct(paths.credentials.stat().st_mode & 0o777) == "0o600"
@@ -261,7 +202,10 @@ def test_cli_and_logs_never_show_the_key(env: dict[str, Any]) -> None:
     if paths.redis_log.exists():
         logs.append(paths.redis_log.read_text(errors="replace"))
     dump = json.dumps(
-        [env["catalog"].query(f"SELECT * FROM {t}") for t in ("review_rounds", "review_decisions", "review_responses")],
+        [
+            review_env.catalog.query(f"SELECT * FROM {t}")
+            for t in ("review_rounds", "review_decisions", "review_responses")
+        ],
         default=str,
     )
     for text in [*outputs, *logs, dump]:
