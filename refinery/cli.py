@@ -62,9 +62,11 @@ def _main(
     if quiet:
         os.environ["REFINERY_PROGRESS"] = "0"
     if quiet or os.environ.get("REFINERY_PROGRESS", "1") in ("0", "false", "no") or not sys.stderr.isatty():
-        # Hugging Face's own bars (weight loading, GGUF conversion) would fill logs with carriage returns;
-        # set before transformers is imported (it reads this once)
+        # Hugging Face's own bars (weight loading, GGUF conversion) and the Argilla SDK's tqdm bar ("Sending
+        # records...") would fill logs with carriage returns; set before those libraries are imported (they read
+        # these once: tqdm's TQDM_* overrides at import)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def _ws() -> Workspace:
