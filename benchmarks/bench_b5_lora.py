@@ -134,6 +134,7 @@ def run_ours(base_path: Path, train: list[Any], args: argparse.Namespace, out: P
             "cpu_threads": args.threads,
             "eval_every": None,
             "group_by_length": args.group_by_length == "on",
+            "loss_normalization": args.loss_normalization,
         }
     )
     result = train_lora(base_path, train, [], config, out)
@@ -304,7 +305,8 @@ def forwarded(args: argparse.Namespace) -> list[str]:
     """The shared settings, as command-line options for a child process."""
     options = ["--n-train", args.n_train, "--n-val", args.n_val, "--epochs", args.epochs, "--batch-size",
                args.batch_size, "--lr", args.lr, "--rank", args.rank, "--alpha", args.alpha, "--max-length",
-               args.max_length, "--threads", args.threads, "--group-by-length", args.group_by_length]  # fmt: skip
+               args.max_length, "--threads", args.threads, "--group-by-length", args.group_by_length,
+               "--loss-normalization", args.loss_normalization]  # fmt: skip
     return [str(o) for o in options] + (["--tiny"] if args.tiny else [])
 
 
@@ -325,6 +327,12 @@ def main() -> None:
         choices=("on", "off"),
         default="on",
         help="ours: length-grouped batches (on, the recipe's default) or shuffled batches with dynamic padding",
+    )
+    parser.add_argument(
+        "--loss-normalization",
+        choices=("step", "epoch"),
+        default="step",
+        help="ours: divide each step's loss by its own label tokens (step) or by the training set's mean per step",
     )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {SYSTEMS}")
     parser.add_argument("--child", choices=SYSTEMS, help=argparse.SUPPRESS)

@@ -114,6 +114,13 @@ class TrainConfig(BaseModel):
         description="Batch conversations of similar length (shuffled mega-batches) so little compute goes to "
         "padding; False = plain shuffling.",
     )
+    loss_normalization: Literal["step", "epoch"] = Field(
+        default="step",
+        description="What each optimizer step's summed assistant-token loss is divided by. step: that step's own "
+        "label-token count (the usual per-batch token mean). epoch: the mean label-token count of a step over the "
+        "training set, a constant, so every assistant token weighs the same whatever batch it falls in; with "
+        "length-grouped batches, per-step means over-weight the tokens of short-answer batches.",
+    )
     eval_every: int | None = Field(
         default=50, ge=1, description="Validation loss every this many optimizer steps (and always at the end)."
     )

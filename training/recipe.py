@@ -5,7 +5,9 @@ peft directly so every step (batching, loss normalisation, clipping, schedule, e
 checkpointing) is visible here.
 
 Loss is the mean over assistant tokens of each optimizer step (summed over its micro-batches, divided by
-their label-token count), so gradient accumulation gives the same update as one large batch.
+their label-token count), so gradient accumulation gives the same update as one large batch. With
+``loss_normalization: epoch`` the sum is divided by a constant instead, the mean label-token count of a step over
+the training set, so every assistant token weighs the same in every step (the logged loss stays the step's mean).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class _Run:
     steps_per_epoch: int
     target_modules: list[str]
     tokenizer: Any
+    mean_step_label_tokens: float  # label tokens per optimizer step, averaged over the training set
 
 
 def train_lora(
@@ -190,6 +193,7 @@ def _setup(
         group_by_length=config.group_by_length,
     )
     steps_per_epoch = math.ceil(len(sampler) / config.grad_accum)
+    mean_step_label_tokens = sum(e.num_label_tokens for e in train_set.examples) / max(steps_per_epoch, 1)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -211,6 +215,7 @@ def _setup(
         steps_per_epoch=steps_per_epoch,
         target_modules=list(targets),
         tokenizer=tokenizer,
+        mean_step_label_tokens=mean_step_label_tokens,
     )
 
 
@@ -366,12 +371,13 @@ def _optimizer_step(run: _Run, micro_batches: list[list[TokenizedExample]], conf
     import torch
 
     label_tokens = sum(e.num_label_tokens for batch in micro_batches for e in batch)
+    divisor = max(label_tokens, 1) if config.loss_normalization == "step" else max(run.mean_step_label_tokens, 1.0)
     total_loss = 0.0
     real_tokens = 0
     for batch in micro_batches:
         tensors = {k: v.to(run.device) for k, v in run.collator(batch).items()}
         loss_sum, _ = token_loss(run.model, tensors)
-        (loss_sum / max(label_tokens, 1)).backward()
+        (loss_sum / divisor).backward()
         total_loss += loss_sum.item()
         real_tokens += int(tensors["attention_mask"].sum().item())
     if config.max_grad_norm is not None:

@@ -50,3 +50,32 @@ def test_option_combinations_are_checked() -> None:
     with pytest.raises(ConfigError, match="precision"):
         load_train_config({"precision": "fp8"})
     assert load_train_config({}).precision == "auto" and load_train_config({}).trust_remote_code is False
+
+
+def _adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def test_epoch_loss_normalization_weighs_every_token_the_same(trainable_tiny_dir, tmp_path) -> None:
+    import torch
+
+    from tests.training.conftest import conversation
+
+    # answers of 1 to 34 words: steps of 4 examples hold very different numbers of assistant tokens
+    train = [conversation(word, " ".join([label] * (1 + 3 * i))) for i, (word, label) in enumerate(PAIRS.items())] * 3
+
+    def run(name: str, normalization: str, batch_size: int) -> dict[str, torch.Tensor]:
+        config = TrainConfig.model_validate(
+            {"max_steps": 3, "batch_size": batch_size, "loss_normalization": normalization, "eval_every": None}
+        )
+        train_lora(trainable_tiny_dir, train, [], config, tmp_path / name)
+        return _adapter_tensors(tmp_path / name)
+
+    # one batch per step holding the whole set: the step's label tokens are the set's mean per step
+    whole_step, whole_epoch = run("ws", "step", 12), run("we", "epoch", 12)
+    assert all(torch.allclose(whole_step[k], whole_epoch[k], atol=1e-6) for k in whole_step)
+    # batches of 4: steps hold different token counts, so the two normalizations give different updates
+    part_step, part_epoch = run("ps", "step", 4), run("pe", "epoch", 4)
+    assert any(not torch.allclose(part_step[k], part_epoch[k], atol=1e-6) for k in part_step)
