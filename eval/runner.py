@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -68,6 +68,12 @@ class EvalConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the shot draw (and of the bootstrap, via thresholds).")
     batch_size: int = Field(default=16, ge=1, description="Conversations per generate() call.")
     ranking_batch_size: int = Field(default=8, ge=1, description="Prompts per label-ranking pass.")
+    contamination: Literal["fail", "exclude"] = Field(
+        default="fail",
+        description="Eval examples that overlap the training data: fail (the gate fails while any is in the eval "
+        "set) or exclude (they are dropped before scoring, listed in the report, and the verdict rests on the "
+        "clean rest: a decontaminated eval).",
+    )
     cpu_threads: int | None = Field(
         default=None,
         ge=1,

@@ -177,11 +177,18 @@ def evaluate_adapter(
             example_index=index, record_id=row["record_id"], messages=tuple(msgs[:-1]), reference=reference
         )
 
+    config = EvalConfig.model_validate(overrides)
+    contamination = _contamination(ws, snapshot, set_name, rows, train_rows)
+    excluded: list[str] = []
+    if config.contamination == "exclude" and contamination["items"]:
+        excluded = contamination["items"]
+        rows = [r for r in rows if r["record_id"] not in set(excluded)]
+        contamination = {"items": [], "method": f"{contamination['method']}; {len(excluded)} excluded before scoring"}
+        if not rows:
+            raise UsageError(f"every sampled example of eval set {set_name} overlaps the training data")
     examples = [example(r, i) for i, r in enumerate(rows)]
     shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
-    config = EvalConfig.model_validate(overrides)
     task = config.task or _task_for(train_rows, rows, EvalTask, TaskKind)
-    contamination = _contamination(ws, snapshot, set_name, rows, train_rows)
     champion, champion_note = _champion(ws, adapter)
     general_set, general_note = _general_set(config.general.path)
     ehash = eval_set_hash(examples)
@@ -217,6 +224,12 @@ def evaluate_adapter(
             payload["regression"]["reason"] = general_note
         payload["contaminated_items"] = contamination["items"]
         payload["contamination_method"] = contamination["method"]
+        payload["excluded_contaminated_items"] = excluded
+        if excluded:
+            payload["reason"] += (
+                f" ({len(excluded)} sampled eval examples overlapping the training data were excluded before "
+                "scoring: contamination: exclude)"
+            )
         payload["champion_note"] = champion_note
         results = [r.model_dump() for r in report.rows()]
         with atomic_directory(final) as staging:
@@ -235,11 +248,15 @@ def evaluate_adapter(
     payload = json.loads((final / "report.json").read_text())
     _register_eval(ws, eval_id, adapter, set_name, final, payload)
     payload = {"eval_id": eval_id, "eval_set": set_name, **payload}
-    hidden = ("task", "config", "base_path", "adapter_path", "shot_record_ids", "contaminated_items")
+    hidden = (
+        "task", "config", "base_path", "adapter_path", "shot_record_ids", "contaminated_items",
+        "excluded_contaminated_items",
+    )  # fmt: skip
     return {
         **{k: v for k, v in payload.items() if k not in hidden},
         "task_kind": payload["task"]["kind"],
         "contaminated_items": len(payload["contaminated_items"]),
+        "excluded_contaminated_items": len(payload.get("excluded_contaminated_items", [])),
     }
 
 

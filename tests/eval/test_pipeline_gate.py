@@ -101,3 +101,47 @@ def test_champion_promote_and_rollback_through_the_cli(tmp_path: Path, tiny_mode
     back = _cli(runner, ws, "rollback")
     assert back["action"] == "rollback" and back["adapter_id"] == first
     assert _cli(runner, ws, "registry")["current"] == first
+
+
+@pytest.mark.slow
+def test_contaminated_examples_fail_the_gate_or_are_excluded(tmp_path: Path, tiny_model_dir: Path) -> None:
+    runner = CliRunner()
+    ws = tmp_path / "ws"
+    train, test = _write_corpus(tmp_path)
+    # two eval items leak into training with their last word changed: near copies, not exact ones
+    story = "my card never arrived and I have been waiting for more than two weeks now so please tell me what happened"
+
+    def row(label: str, text: str) -> str:
+        return json.dumps({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": label}]})
+
+    leaked = [("alpha", f"alpha {story} today"), ("beta", f"beta {story} yesterday")]
+    train.write_text(train.read_text() + "".join(row(label, text) + "\n" for label, text in leaked))
+    originals = [row(label, text.rsplit(" ", 1)[0] + " please") for label, text in leaked]
+    test.write_text("".join(line + "\n" for line in originals) + test.read_text())
+    _cli(runner, ws, "ingest", str(train))
+    _cli(runner, ws, "ingest", str(test), "--eval-set", "heldout")
+    _cli(runner, ws, "scan")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("blocking_checks: []\n")  # nothing held back: the leaked records stay in the snapshot
+    snap = _cli(runner, ws, "snapshot", "create", "--policy", str(policy))
+    config = tmp_path / "train.yaml"
+    config.write_text("batch_size: 8\neval_every: 5\nlearning_rate: 0.005\n")
+    args = ["train", "--snapshot", snap["snapshot_id"], "--base-model", str(tiny_model_dir), "--config", str(config)]
+    adapter = _cli(runner, ws, *args, "--max-steps", "2")["adapter_id"]
+
+    base = "systems: [adapter, base_zero_shot]\nmax_new_tokens: 4\ngeneral:\n  enabled: false\n"
+    for mode in ("fail", "exclude"):
+        (tmp_path / f"{mode}.yaml").write_text(base + f"contamination: {mode}\n")
+    eval_args = ["eval", "--adapter", adapter, "--eval-set", "heldout", "--config"]
+    failed = _cli(runner, ws, *eval_args, str(tmp_path / "fail.yaml"), code=1)
+    assert failed["verdict"] == "fail" and failed["contamination"] == "contaminated"
+    assert failed["contaminated_items"] >= 2 and failed["n_examples"] == 8
+    excluded = _cli(runner, ws, *eval_args, str(tmp_path / "exclude.yaml"), code=None)
+    assert excluded["contamination"] == "clean" and excluded["contaminated_items"] == 0
+    assert excluded["excluded_contaminated_items"] == failed["contaminated_items"]
+    assert excluded["n_examples"] == 8 - failed["contaminated_items"]
+    assert (
+        "excluded before scoring" in excluded["reason"]
+        and "excluded before scoring" in (excluded["contamination_method"])
+    )
+    assert excluded["eval_id"] != failed["eval_id"]
