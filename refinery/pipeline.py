@@ -178,7 +178,7 @@ def evaluate_adapter(
         )
 
     config = EvalConfig.model_validate(overrides)
-    contamination = _contamination(ws, snapshot, set_name, rows, train_rows)
+    contamination = _contamination(ws, snapshot, rows, train_rows)
     excluded: list[str] = []
     if config.contamination == "exclude" and contamination["items"]:
         excluded = contamination["items"]
@@ -261,11 +261,18 @@ def evaluate_adapter(
 
 
 def _contamination(
-    ws: Workspace, snapshot: Any, set_name: str, rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
+    ws: Workspace, snapshot: Any, rows: list[dict[str, Any]], train_rows: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Eval examples that overlap the snapshot's training data: same prompt after normalisation, a near
-    duplicate of a train or validation member (curation's check_against_snapshot), or a match the snapshot
-    itself stored for this eval set. Returns the contaminated record ids and the methods used."""
+    """Eval examples that overlap the snapshot's training data: same prompt after normalisation, or a near
+    duplicate of a train or validation member (curation's check_against_snapshot, prompt contents with templates
+    stripped). Returns the contaminated record ids and the methods used.
+
+    Both are recomputed with the current checks at every eval. The matches the snapshot stored when it was frozen
+    (``snapshot_contamination``, train split only) are not reused: the near-duplicate check here covers them, and
+    a snapshot frozen by an older version of the check may hold stale matches (before template stripping,
+    banking77's snapshot stored 1,952 test items as matches of training queries that merely share the prompt
+    template; 250 of a 400-item sample).
+    """
     from curation.contamination_check import ContaminationConfig, check_against_snapshot
 
     train_prompts = {dedup_key(prompt_text(r["messages"])) for r in train_rows}
@@ -275,13 +282,6 @@ def _contamination(
     matches = check_against_snapshot(ws.catalog, snapshot.snapshot_id, [r["record_id"] for r in rows], config=config)
     items |= {m.record_id for m in matches if m.matched_in in ("train", "validation")}
     methods.append(f"near_dup_prompt(jaccard>={config.threshold})")
-    if ws.catalog.scalar("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'snapshot_contamination'"):
-        stored = ws.catalog.query(
-            "SELECT DISTINCT eval_item FROM snapshot_contamination WHERE snapshot_id = ? AND eval_set = ?",
-            [snapshot.snapshot_id, set_name],
-        )
-        items |= {r["eval_item"] for r in stored} & {r["record_id"] for r in rows}
-        methods.append("snapshot_contamination")
     return {"items": sorted(items), "method": "+".join(methods)}
 
 
