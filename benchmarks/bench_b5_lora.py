@@ -325,8 +325,8 @@ def main() -> None:
     parser.add_argument(
         "--group-by-length",
         choices=("on", "off"),
-        default="on",
-        help="ours: length-grouped batches (on, the recipe's default) or shuffled batches with dynamic padding",
+        default="off",
+        help="ours: shuffled batches with dynamic padding (off, the recipe's default) or length-grouped batches",
     )
     parser.add_argument(
         "--loss-normalization",

@@ -110,9 +110,12 @@ class TrainConfig(BaseModel):
         "the conversation is dropped. drop: skip it. Both are counted in the result.",
     )
     group_by_length: bool = Field(
-        default=True,
-        description="Batch conversations of similar length (shuffled mega-batches) so little compute goes to "
-        "padding; False = plain shuffling.",
+        default=False,
+        description="Batch conversations of similar length (shuffled mega-batches of 32 batches) so little compute "
+        "goes to padding; False (default) = shuffled batches, each padded to its own longest. B5 (256 banking77 "
+        "conversations, 32 steps): grouping ran 2.37x TRL's tokens/s but ended at a 3.6% higher validation loss "
+        "(the whole set was one mega-batch, so steps were far from i.i.d.); shuffled batches 1.51x at a 1.8% lower "
+        "loss. Turn it on for large sets (many mega-batches), where it keeps the speed with random steps.",
     )
     loss_normalization: Literal["step", "epoch"] = Field(
         default="step",
