@@ -295,91 +295,65 @@ def run_eval(
     check; the base model's reference answers are cached in ``cache_dir`` under ``base_model_id``.
     """
     config = config or EvalConfig()
-    with torch_threads(config.cpu_threads):
-        return _evaluate(
-            base_path,
-            adapter_path,
-            examples,
-            task,
-            shots_pool,
-            config,
-            contaminated,
-            champion,
-            general_set,
-            base_model_id,
-            cache_dir,
+    with torch_threads(config.cpu_threads):  # restored afterwards, also on error
+        task = task.with_fields_from(examples)
+        task.check_examples(examples)
+        systems = [
+            s
+            for s in config.systems
+            if (s != BASE_LABEL_RANKING or task.has_labels) and (s != CHAMPION or champion is not None)
+        ]
+        if len(systems) < 2:
+            raise ValueError("no baseline left to compare with (base_label_ranking needs a label set)")
+        references = [e.reference for e in examples]
+        model, tokenizer = load_model(base_path, adapter_path)
+        if CHAMPION in systems and champion is not None:
+            _load_champion(model, champion)
+        max_new = config.max_new_tokens or default_max_new_tokens(task, tokenizer)
+        k = config.few_shot_k if config.few_shot_k is not None else default_few_shot_k(task)
+        shots = select_shots(shots_pool, k, seed=config.seed, task=task, exclude=examples)
+
+        def answer_with(name: str, convs: list[list[dict[str, str]]]) -> Callable[[], list[str]]:
+            if name == BASE_LABEL_RANKING:
+                return lambda: label_loglikelihood_ranking(
+                    model, tokenizer, convs, task.labels, config.ranking_batch_size
+                )
+            return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=name)
+
+        results: dict[str, SystemResult] = {}
+        for name in systems:
+            convs = _conversations(name, examples, shots, task)
+            answer = answer_with(name, convs)
+            with _running_as(model, name):
+                results[name] = _timed(name, convs, answer, tokenizer, references, task)
+                if task.kind is TaskKind.FREE_FORM:  # how likely each system finds the references
+                    losses = reference_losses(model, tokenizer, convs, references, config.batch_size, f"{name} loss")
+                    results[name].metrics["reference_loss"] = losses.mean
+
+        regression = _regression(model, tokenizer, config, general_set, base_model_id or str(base_path), cache_dir)
+        verdict = decide(
+            results[ADAPTER].scores,
+            {name: r.scores for name, r in results.items() if name != ADAPTER},
+            config.thresholds,
+            contaminated=contaminated,
+            metric=task.metric,
+            regression=regression,
+            baseline_adapters={CHAMPION: champion.adapter_id} if champion is not None and CHAMPION in results else None,
         )
-
-
-def _evaluate(
-    base_path: Path | str,
-    adapter_path: Path | str,
-    examples: Sequence[EvalExample],
-    task: EvalTask,
-    shots_pool: Sequence[EvalExample],
-    config: EvalConfig,
-    contaminated: bool,
-    champion: Champion | None,
-    general_set: Path | None,
-    base_model_id: str | None,
-    cache_dir: Path | None,
-) -> EvalReport:
-    task = task.with_fields_from(examples)
-    task.check_examples(examples)
-    systems = [
-        s
-        for s in config.systems
-        if (s != BASE_LABEL_RANKING or task.has_labels) and (s != CHAMPION or champion is not None)
-    ]
-    if len(systems) < 2:
-        raise ValueError("no baseline left to compare with (base_label_ranking needs a label set)")
-    references = [e.reference for e in examples]
-    model, tokenizer = load_model(base_path, adapter_path)
-    if CHAMPION in systems and champion is not None:
-        _load_champion(model, champion)
-    max_new = config.max_new_tokens or default_max_new_tokens(task, tokenizer)
-    k = config.few_shot_k if config.few_shot_k is not None else default_few_shot_k(task)
-    shots = select_shots(shots_pool, k, seed=config.seed, task=task, exclude=examples)
-
-    def answer_with(name: str, convs: list[list[dict[str, str]]]) -> Callable[[], list[str]]:
-        if name == BASE_LABEL_RANKING:
-            return lambda: label_loglikelihood_ranking(model, tokenizer, convs, task.labels, config.ranking_batch_size)
-        return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=name)
-
-    results: dict[str, SystemResult] = {}
-    for name in systems:
-        convs = _conversations(name, examples, shots, task)
-        answer = answer_with(name, convs)
-        with _running_as(model, name):
-            results[name] = _timed(name, convs, answer, tokenizer, references, task)
-            if task.kind is TaskKind.FREE_FORM:  # how likely each system finds the references
-                losses = reference_losses(model, tokenizer, convs, references, config.batch_size, f"{name} loss")
-                results[name].metrics["reference_loss"] = losses.mean
-
-    regression = _regression(model, tokenizer, config, general_set, base_model_id or str(base_path), cache_dir)
-    verdict = decide(
-        results[ADAPTER].scores,
-        {name: r.scores for name, r in results.items() if name != ADAPTER},
-        config.thresholds,
-        contaminated=contaminated,
-        metric=task.metric,
-        regression=regression,
-        baseline_adapters={CHAMPION: champion.adapter_id} if champion is not None and CHAMPION in results else None,
-    )
-    return EvalReport(
-        eval_set_hash=eval_set_hash(examples),
-        task=task,
-        config=config,
-        base_path=str(base_path),
-        adapter_path=str(adapter_path),
-        example_indices=[e.example_index for e in examples],
-        record_ids=[e.record_id for e in examples],
-        references=references,
-        shot_record_ids=[s.record_id for s in shots],
-        systems=results,
-        champion_adapter_id=champion.adapter_id if champion is not None and CHAMPION in results else None,
-        verdict=verdict,
-    )
+        return EvalReport(
+            eval_set_hash=eval_set_hash(examples),
+            task=task,
+            config=config,
+            base_path=str(base_path),
+            adapter_path=str(adapter_path),
+            example_indices=[e.example_index for e in examples],
+            record_ids=[e.record_id for e in examples],
+            references=references,
+            shot_record_ids=[s.record_id for s in shots],
+            systems=results,
+            champion_adapter_id=champion.adapter_id if champion is not None and CHAMPION in results else None,
+            verdict=verdict,
+        )
 
 
 def _regression(
