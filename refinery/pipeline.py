@@ -182,7 +182,8 @@ def evaluate_adapter(
     excluded: list[str] = []
     if config.contamination == "exclude" and contamination["items"]:
         excluded = contamination["items"]
-        rows = [r for r in rows if r["record_id"] not in set(excluded)]
+        dropped = set(excluded)
+        rows = [r for r in rows if r["record_id"] not in dropped]
         contamination = {"items": [], "method": f"{contamination['method']}; {len(excluded)} excluded before scoring"}
         if not rows:
             raise UsageError(f"every sampled example of eval set {set_name} overlaps the training data")
