@@ -68,15 +68,19 @@ def knn(
                 if self_search and b0 < q1 and q0 < b1:  # the diagonal: a row is not its own neighbour
                     rows = np.arange(max(q0, b0), min(q1, b1))
                     sims[rows - q0, rows - b0] = -np.inf
-                cand_sim = np.concatenate([run_sim, sims], axis=1)
-                cand_idx = np.concatenate(
-                    [run_idx, np.broadcast_to(np.arange(b0, b1, dtype=np.int64), sims.shape)], axis=1
-                )
-                if cand_sim.shape[1] > k:
-                    part = np.argpartition(-cand_sim, k - 1, axis=1)[:, :k]
-                    cand_sim = np.take_along_axis(cand_sim, part, axis=1)
-                    cand_idx = np.take_along_axis(cand_idx, part, axis=1)
-                run_sim, run_idx = cand_sim, cand_idx
+                # the block's own top k first (one partition of the product, no index matrix), then a merge of
+                # 2k candidates per row with the running best
+                if sims.shape[1] > k:
+                    top = np.argpartition(sims, sims.shape[1] - k, axis=1)[:, -k:]
+                    block_sim = np.take_along_axis(sims, top, axis=1)
+                else:
+                    top = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+                    block_sim = sims
+                cand_sim = np.concatenate([run_sim, block_sim], axis=1)
+                cand_idx = np.concatenate([run_idx, top + b0], axis=1)
+                keep = np.argpartition(cand_sim, cand_sim.shape[1] - k, axis=1)[:, -k:]
+                run_sim = np.take_along_axis(cand_sim, keep, axis=1)
+                run_idx = np.take_along_axis(cand_idx, keep, axis=1)
                 bar.advance()
             order = np.lexsort((np.where(run_idx < 0, np.iinfo(np.int64).max, run_idx), -run_sim), axis=1)
             run_sim = np.take_along_axis(run_sim, order, axis=1)
