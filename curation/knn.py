@@ -1,9 +1,10 @@
 """Exact k-nearest neighbours by cosine similarity in bounded memory.
 
 Vectors are L2-normalised, so cosine similarity is the inner product. The search multiplies a block of
-``query_block`` queries by a block of ``base_block`` base rows at a time and merges each product into a running
-top-k, so memory is ``query_block x (base_block + k)`` similarities whatever the number of rows (the defaults:
-1024 x 8192 float32 = 32 MB) plus the inputs and the (n x k) result. Time is the full n x m x d product: it is an
+``query_block`` queries by a block of ``base_block`` base rows at a time, takes each row's top k of the block
+with one partition and merges those k into the row's running top k, so memory is the block's similarities (float32)
+and their partition order (int64), ``query_block x base_block x 12`` bytes whatever the number of rows (the
+defaults: 1024 x 8192, 96 MB), plus the inputs and the (n x k) result. Time is the full n x m x d product: it is an
 exact search, not an approximate index (at 200k x 384 see benchmark B4 for the measured time).
 """
 

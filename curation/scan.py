@@ -22,6 +22,7 @@ from curation.check_types import CheckContext, CheckFn, CheckOutput, Finding, Sc
 from curation.contamination_check import CHECK_NAME as EVAL_CHECK
 from curation.contamination_check import ContaminationConfig, check_near_dup_eval, eval_items_hash
 from curation.embedding_checks import EMBEDDING_CHECK_CONFIGS, EMBEDDING_CHECKS
+from curation.embeddings import model_id
 from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
 from curation.heuristics import (
     LengthConfig,
@@ -245,6 +246,11 @@ def run_scan(
         scan_config["params"] = params
     if resolved.keys() & {EVAL_CHECK, NGRAM_EVAL_CHECK}:  # the result depends on the registered eval sets too
         scan_config["eval_items"] = eval_items_hash(catalog)
+    embedding = {
+        name: model_id(getattr(resolved[name], "model", None)) for name in resolved if name in EMBEDDING_CHECKS
+    }
+    if embedding:  # and on the vectors: another model, model file or quantised recipe is another scan
+        scan_config["embedding_models"] = embedding
     records_hash = sha256_text("\n".join(r.record_id for r in records))
     scan_id = artifact_id("scan", {"records": records_hash, "config": scan_config})
     with catalog.read() as con:

@@ -152,6 +152,23 @@ def test_scan_stores_conflicts_in_the_view(catalog: Catalog, tmp_path: Path) -> 
     assert (third.checks["inconsistency"]["embeddings_cached"], third.checks["inconsistency"]["embedded"]) == (14, 0)
 
 
+def test_another_embedding_recipe_is_another_scan(
+    catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [{"text": p, "category": "card_arrival"} for p in CARD[:4]]
+    run(catalog, [write_lines(tmp_path / "c.jsonl", rows)], mapping={"text": "user", "category": "assistant"})
+    monkeypatch.setenv("REFINERY_EMBED_ONNX", "fp32")
+    first = run_scan(catalog, ["outlier"])
+    assert run_scan(catalog, ["outlier"]).reused
+    monkeypatch.setenv("REFINERY_EMBED_ONNX", "int8-row")  # other vectors: the stored findings do not apply
+    other = run_scan(catalog, ["outlier"])
+    assert not other.reused and other.scan_id != first.scan_id
+    run_scan(catalog, ["near_dup"])
+    monkeypatch.setenv("REFINERY_EMBED_ONNX", "fp32")
+    assert run_scan(catalog, ["near_dup"]).reused  # a check without embeddings does not depend on the recipe
+    assert run_scan(catalog, ["outlier"]).scan_id == first.scan_id
+
+
 @pytest.mark.parametrize("bad", [{"k": 0}, {"z_threshold": -1}, {"field": "label"}, {"nope": 1}])
 def test_bad_config_is_refused(bad: dict[str, object]) -> None:
     from curation.scan import ScanError, resolve_checks

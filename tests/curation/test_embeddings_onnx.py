@@ -50,9 +50,10 @@ def test_float32_onnx_equals_torch(onnx_cache: Path, reference: np.ndarray) -> N
         assert (got * reference).sum(axis=1).min() > 0.9999
 
 
-def test_int8_row_within_the_bar_and_short_texts_exact(onnx_cache: Path, reference: np.ndarray) -> None:
-    encoder = emb.Encoder(emb.default_model_path(), backend="onnx", variant="int8-row")
-    assert encoder.backend == "onnxruntime int8-row" and encoder.recipe == "int8-row"
+@pytest.mark.parametrize("variant", ["int8-row", "int8-row7"])
+def test_int8_row_within_the_bar_and_short_texts_exact(onnx_cache: Path, reference: np.ndarray, variant: str) -> None:
+    encoder = emb.Encoder(emb.default_model_path(), backend="onnx", variant=variant)
+    assert encoder.backend == f"onnxruntime {variant}" and encoder.recipe == variant
     got = encoder.encode(TEXTS)
     cosine = (got * reference).sum(axis=1)
     assert cosine.min() >= 0.99, cosine
@@ -126,28 +127,33 @@ def test_cache_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
         emb.configured_recipe()
 
 
-def test_quantize_rows_on_a_small_graph() -> None:
+@pytest.mark.parametrize("signed", [False, True])
+def test_quantize_rows_on_a_small_graph(signed: bool) -> None:
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    weight = rng.normal(size=(16, 8)).astype(np.float32)
+    weight = rng.normal(size=(64, 32)).astype(np.float32)
+    weight[:, 0] = np.abs(weight[:, 0])  # column 0 all positive: with row 1 below, every pair sum is extreme
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"])],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "t", 32])],
         [numpy_helper.from_array(weight, "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_encoder.OPSET)])
     model.ir_version = 8
-    quantized = onnx_encoder.quantize_rows(model)
+    quantized = onnx_encoder.quantize_rows(model, (lambda k, n: True) if signed else None)
     onnx.checker.check_model(quantized)
     assert "MatMul" not in {n.op_type for n in quantized.graph.node}
+    weight_types = {i.data_type for i in quantized.graph.initializer if i.name.endswith("_w")}
+    assert weight_types == {TensorProto.INT8 if signed else TensorProto.UINT8}
     session = ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = rng.normal(size=(3, 5, 16)).astype(np.float32)
+    x = rng.normal(size=(3, 5, 64)).astype(np.float32)
     x[0, 0] *= 100  # one outlier row: per-row scales keep the other rows exact to 8 bits
+    x[0, 1] = np.abs(x[0, 1]).max()  # all activations at +127 (uint8 255) against column 0's positive weights
     (got,) = session.run(None, {"x": x})
     exact = x @ weight
     assert got.shape == exact.shape
