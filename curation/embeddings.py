@@ -16,23 +16,24 @@ within one call are embedded once.
 Backends. The transformer runs in onnxruntime when it is installed (``curation.onnx_encoder``: exported once per
 model, stored and verified in a model-keyed cache folder), else in torch under ``torch.inference_mode``.
 ``REFINERY_EMBED_BACKEND`` = ``auto`` (default) | ``onnx`` | ``torch`` and ``REFINERY_EMBED_ONNX`` = the ONNX
-variant (default :data:`curation.onnx_encoder.DEFAULT_VARIANT`, ``fp32``) choose; ``Encoder(path, backend,
+variant (default :data:`curation.onnx_encoder.DEFAULT_VARIANT`, ``int8-row7``) choose; ``Encoder(path, backend,
 variant, threads)`` overrides both. The torch path is the fallback whenever onnxruntime is missing, the export or
 the session fails, the ONNX output disagrees with torch on probe texts, or the pipeline is not the fast one;
 ``Encoder.backend`` (and ``EmbedStats.backend``, and a log line) says which ran. Threads: ``REFINERY_EMBED_THREADS``,
-else torch's thread count. Measured on the B4 texts, one thread (docs/CHECKS.md): ``int8-row`` (int8 weights per
-channel, activations per token) is the fastest variant with a minimum cosine >= 0.99 to the float32 vectors
-(0.996; 1.9x ``SentenceTransformer.encode``), opt-in; float32 ONNX, the default, matches torch to 1e-6 (1.7x). With
-``int8-row``, texts under :data:`EXACT_BELOW_TOKENS` tokens run in float32 ONNX (quantisation costs short texts
-most). Torch's dynamic int8
+else torch's thread count. Measured on the B4 texts, one thread (docs/CHECKS.md): ``int8-row7`` (int8 weights per
+output channel, activations per token, 7-bit weights where MLAS' fast uint8 x int8 kernel needs them) is the
+fastest variant with a minimum cosine >= 0.99 to the float32 vectors, and the default; ``fp32`` matches torch to
+1e-6 and is what ``REFINERY_EMBED_ONNX=fp32`` gives. With a quantised variant, texts under
+:data:`EXACT_BELOW_TOKENS` tokens run in float32 ONNX (quantisation costs short texts most). Torch's dynamic int8
 quantisation of the Linear layers and onnxruntime's ``quantize_dynamic`` (both per-tensor activations) were
 rejected: minimum cosine 0.87 and 0.982.
 
 Cache key. Vectors from torch and from float32 ONNX differ by about 1e-6, far below the float16 storage step, so
 they share a model id: switching between them keeps the cache. A quantised variant changes vectors by up to
-0.004 in cosine, so its name is part of the model id (``model_id(model, recipe)``): its vectors never mix with
-float32 ones, and switching back to float32 embeds again. A run that asked for ``int8-row`` but fell back to torch
-stores its (more exact) vectors under the int8 id; anything within the 0.99 bar is acceptable there.
+0.01 in cosine, so its name is part of the model id (``model_id(model, recipe)``): its vectors never mix with
+float32 ones, and switching back to float32 embeds again. A run that asked for ``int8-row7`` but fell back to
+torch stores its (more exact) vectors under the int8 id; anything within the 0.99 bar is acceptable there. Scan ids
+include the model id of every embedding check, so findings computed from other vectors are never reused.
 
 Cache (:class:`EmbeddingCache`), in ``<workspace>/embeddings/<model id>/<field>/``: append-only shards, each a
 NumPy ``.npz`` holding ``keys`` (n x 16 bytes: the first 128 bits of the SHA-256 of the UTF-8 text) and
