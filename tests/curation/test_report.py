@@ -6,7 +6,6 @@ import base64
 import contextlib
 import io
 import json
-import shutil
 import socket
 import subprocess
 import time
@@ -35,9 +34,8 @@ from curation.report import (
 from curation.scan import CHECKS, run_scan
 from refinery.cli import app
 from schemas.catalog import Catalog
+from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 XSS = "<script>document.body.setAttribute('data-pwned','1')</script> what is <b>this</b>?"
 XSS_IMG = "<img src=x onerror=\"document.body.setAttribute('data-pwned','2')\"> hello"
 LONG = "a long answer " + "with many words " * 60 + "THE-END-MARKER"
@@ -287,9 +285,7 @@ class WebDriver:
 def chromium(profile: Path) -> Iterator[WebDriver]:
     import requests
 
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists() and not shutil.which(p.name)]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: apt-get install chromium chromium-driver")
+    require_chromium()
     port = _free_port()
     driver = subprocess.Popen(
         [str(CHROMEDRIVER), f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -305,17 +301,7 @@ def chromium(profile: Path) -> Iterator[WebDriver]:
                 pass
             assert time.monotonic() < deadline, "chromedriver did not start"
             time.sleep(0.1)
-        args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--window-size=1280,2000",
-            f"--user-data-dir={profile}",
-        ]
+        args = chromium_args(profile, "1280,2000")
         caps = {"browserName": "chrome", "goog:chromeOptions": {"binary": str(CHROMIUM), "args": args}}
         created = requests.post(f"{url}/session", json={"capabilities": {"alwaysMatch": caps}}, timeout=60).json()
         web = WebDriver(url, created["value"]["sessionId"])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,10 @@ from curation.review.connection import resolve_connection
 from curation.review.push import push
 from refinery.cli import app
 from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key
+from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
 
 pytestmark = NEEDS_SERVER
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 WAIT = 90.0  # seconds for any one thing to appear (a cold Nuxt app on 2 busy cores)
 ANNOTATOR, PASSWORD = "uma", "uma-pass-1234"
 
@@ -45,22 +43,10 @@ def browser(tmp_path: Path) -> Iterator[Any]:
             raise  # the dev extra installs it
         pytest.skip("selenium missing: pip install -e '.[dev]'")
 
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists() and not shutil.which(p.name)]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: apt-get install chromium chromium-driver")
+    require_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for arg in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path / 'profile'}",
-    ):
+    for arg in chromium_args(tmp_path / "profile", "1400,1000"):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
