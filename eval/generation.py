@@ -9,6 +9,7 @@ reference the tests and the benchmark compare against.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,13 +282,20 @@ class _LabelTrie:
             steps.append([(node, int(seq[d + 1])) for d, node in enumerate(path)])
         return cls(tokens, depth, visible, [int(s[0]) for s in sequences], steps)
 
-    def mask(self, prompt_mask: Any, dtype: Any) -> Any:
-        """Additive 4D attention mask [rows, 1, nodes, prompt + nodes]: 0 where a node may look, -inf elsewhere."""
+    @functools.cached_property
+    def tree(self) -> Any:
+        """[nodes, nodes] bool: row n is True at n's ancestors and n (built once per trie, not per batch)."""
         torch = _require_torch()
         n = len(self.tokens)
         tree = torch.zeros((n, n), dtype=torch.bool)
         for node, seen in enumerate(self.visible):
             tree[node, seen] = True
+        return tree
+
+    def mask(self, prompt_mask: Any, dtype: Any) -> Any:
+        """Additive 4D attention mask [rows, 1, nodes, prompt + nodes]: 0 where a node may look, -inf elsewhere."""
+        torch = _require_torch()
+        n, tree = len(self.tokens), self.tree
         rows = prompt_mask.shape[0]
         allowed = torch.cat(
             [prompt_mask.bool().unsqueeze(1).expand(rows, n, -1), tree.unsqueeze(0).expand(rows, n, n)], dim=2
