@@ -48,12 +48,13 @@ rows re-normalised to unit length.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import io
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,9 +252,9 @@ class Encoder:
             try:
                 folder = onnx_encoder.cache_root() / model_id(self.path, recipe="")
                 self.onnx_store = onnx_encoder.ModelStore(folder, self._transformer)
-                self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, self.threads)
+                self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, 1)  # threads: _batch_pool
                 if variant in onnx_encoder.QUANTIZED:
-                    self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fp32", self.threads)
+                    self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fp32", 1)
                     self.exact_below = EXACT_BELOW_TOKENS
                 bar = 0.99 if variant in onnx_encoder.QUANTIZED else 0.9999
                 worst = self._probe() if check else 1.0
@@ -306,21 +307,42 @@ class Encoder:
             ids = self.tokenizer(clipped, truncation=True, max_length=self.max_length)["input_ids"]
             order = sorted(range(len(texts)), key=lambda i: (-len(ids[i]), i))
             torch = self._torch
-            with torch.inference_mode(), progress("embed", total=len(texts)) as bar:
-                # with a quantised variant, batches never mix texts on either side of exact_below
-                boundary = sum(1 for x in ids if len(x) >= self.exact_below) if self.exact_below else 0
-                lo = 0
-                while lo < len(order):
-                    longest = max(1, len(ids[order[lo]]))
-                    rows = max(1, min(MAX_BATCH_ROWS, TOKEN_BUDGET // longest))
-                    if lo < boundary:
-                        rows = min(rows, boundary - lo)
-                    batch = order[lo : lo + rows]
-                    out[batch] = self._encode_batch([ids[i] for i in batch], [clipped[i] for i in batch])
-                    lo += rows
+            # with a quantised variant, batches never mix texts on either side of exact_below
+            boundary = sum(1 for x in ids if len(x) >= self.exact_below) if self.exact_below else 0
+            batches: list[list[int]] = []
+            lo = 0
+            while lo < len(order):
+                longest = max(1, len(ids[order[lo]]))
+                rows = max(1, min(MAX_BATCH_ROWS, TOKEN_BUDGET // longest))
+                if lo < boundary:
+                    rows = min(rows, boundary - lo)
+                batches.append(order[lo : lo + rows])
+                lo += rows
+
+            def run(batch: list[int]) -> np.ndarray:
+                with torch.inference_mode():
+                    return self._encode_batch([ids[i] for i in batch], [clipped[i] for i in batch])
+
+            with progress("embed", total=len(texts)) as bar, self._batch_pool() as pool:
+                for batch, vectors in zip(batches, pool.map(run, batches), strict=True):
+                    out[batch] = vectors
                     bar.advance(len(batch))
             self.texts_encoded += len(texts)
         return out
+
+    @contextlib.contextmanager
+    def _batch_pool(self) -> Iterator[Any]:
+        """Where batches run: with ONNX and several threads, that many batches at once, each session run on one
+        thread (onnxruntime releases the GIL; small batches scale better side by side than split inside one run:
+        B4 on 2 threads, docs/CHECKS.md); else one after the other in this thread."""
+        if self._onnx is None or self.threads <= 1:
+            yield _Serial()
+            return
+        pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="embed")
+        try:
+            yield pool
+        finally:  # on an error or an interrupt, queued batches are dropped, not run
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _pad(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(int64 input ids padded to the longest row, int64 attention mask)."""
@@ -358,6 +380,13 @@ class Encoder:
         input_ids, mask = self._pad(ids)
         hidden = self._run_onnx(input_ids, mask) if self._onnx is not None else self._run_torch(input_ids, mask)
         return self._pool(hidden, mask)
+
+
+class _Serial:
+    """``map`` in the calling thread, lazily, like an executor's."""
+
+    def map(self, fn: Any, items: Sequence[Any]) -> Iterator[Any]:
+        return (fn(item) for item in items)
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:

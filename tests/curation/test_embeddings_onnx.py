@@ -159,3 +159,33 @@ def test_quantize_rows_on_a_small_graph(signed: bool) -> None:
     assert got.shape == exact.shape
     error = np.abs(got - exact).max(axis=-1) / np.abs(exact).max(axis=-1)
     assert error.max() < 0.03
+
+
+def test_batches_side_by_side_give_the_same_vectors(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = [f"{text} {i}" for i, text in enumerate(TEXTS * 40)]  # many batches of different widths
+    path = emb.default_model_path()
+    serial = emb.Encoder(path, backend="onnx", variant="fp32", threads=1)
+    pooled = emb.Encoder(path, backend="onnx", variant="fp32", threads=2)
+    assert np.array_equal(serial.encode(texts), pooled.encode(texts))  # rows in input order, same numbers
+    batches: list[int] = []
+
+    def counting(ids: list[list[int]], batch: list[str]) -> np.ndarray:
+        batches.append(len(ids))
+        return np.zeros((len(ids), serial.dimension), dtype=np.float32)
+
+    monkeypatch.setattr(serial, "_encode_batch", counting)
+    serial.encode(texts)
+
+    calls: list[int] = []
+    real = pooled._encode_batch
+
+    def failing(ids: list[list[int]], batch: list[str]) -> np.ndarray:
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise RuntimeError("simulated session failure")
+        return real(ids, batch)
+
+    monkeypatch.setattr(pooled, "_encode_batch", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        pooled.encode(texts)
+    assert len(batches) > 10 and 3 <= len(calls) < len(batches)  # queued batches dropped, not run after the failure
