@@ -20,10 +20,11 @@ variant (default :data:`curation.onnx_encoder.DEFAULT_VARIANT`, ``int8-row7``) c
 variant, threads)`` overrides both. The torch path is the fallback whenever onnxruntime is missing, the export or
 the session fails, the ONNX output disagrees with torch on probe texts, or the pipeline is not the fast one;
 ``Encoder.backend`` (and ``EmbedStats.backend``, and a log line) says which ran. Threads: ``REFINERY_EMBED_THREADS``,
-else torch's thread count; with ONNX that many batches run side by side, one session thread each. Measured on the B4 texts, one thread (docs/CHECKS.md): ``int8-row7`` (int8 weights per
-output channel, activations per token, 7-bit weights where MLAS' fast uint8 x int8 kernel needs them) is the
-fastest variant with a minimum cosine >= 0.99 to the float32 vectors, and the default; ``fp32`` matches torch to
-1e-6 and is what ``REFINERY_EMBED_ONNX=fp32`` gives. With a quantised variant, texts under
+else torch's thread count; with ONNX that many batches run side by side, one session thread each. Measured on
+the B4 texts (docs/CHECKS.md): ``int8-row7`` (int8 weights per output channel, activations per token, 7-bit
+weights where MLAS' fast uint8 x int8 kernel needs them) is the fastest variant with a minimum cosine >= 0.99 to
+the float32 vectors, and the default; ``fp32`` matches torch to 1e-6 and is what ``REFINERY_EMBED_ONNX=fp32``
+gives. With a quantised variant, texts under
 :data:`EXACT_BELOW_TOKENS` tokens run in float32 ONNX (quantisation costs short texts most). Torch's dynamic int8
 quantisation of the Linear layers and onnxruntime's ``quantize_dynamic`` (both per-tensor activations) were
 rejected: minimum cosine 0.87 and 0.982.
