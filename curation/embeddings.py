@@ -55,7 +55,7 @@ import hashlib
 import io
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -253,7 +253,7 @@ class Encoder:
             try:
                 folder = onnx_encoder.cache_root() / model_id(self.path, recipe="")
                 self.onnx_store = onnx_encoder.ModelStore(folder, self._transformer)
-                self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, 1)  # threads: _batch_pool
+                self._onnx = onnx_encoder.OnnxTransformer(self.onnx_store, variant, 1)  # threads: _batch_map
                 if variant in onnx_encoder.QUANTIZED:
                     self._onnx_exact = onnx_encoder.OnnxTransformer(self.onnx_store, "fp32", 1)
                     self.exact_below = EXACT_BELOW_TOKENS
@@ -324,24 +324,24 @@ class Encoder:
                 with torch.inference_mode():
                     return self._encode_batch([ids[i] for i in batch], [clipped[i] for i in batch])
 
-            with progress("embed", total=len(texts)) as bar, self._batch_pool() as pool:
-                for batch, vectors in zip(batches, pool.map(run, batches), strict=True):
+            with progress("embed", total=len(texts)) as bar, self._batch_map() as map_batches:
+                for batch, vectors in zip(batches, map_batches(run, batches), strict=True):
                     out[batch] = vectors
                     bar.advance(len(batch))
             self.texts_encoded += len(texts)
         return out
 
     @contextlib.contextmanager
-    def _batch_pool(self) -> Iterator[Any]:
-        """Where batches run: with ONNX and several threads, that many batches at once, each session run on one
-        thread (onnxruntime releases the GIL; small batches scale better side by side than split inside one run:
-        B4 on 2 threads, docs/CHECKS.md); else one after the other in this thread."""
+    def _batch_map(self) -> Iterator[Callable[..., Iterator[np.ndarray]]]:
+        """How batches run (a ``map``): with ONNX and several threads, that many batches at once, each session run
+        on one thread (onnxruntime releases the GIL; small batches scale better side by side than split inside one
+        run: B4 on 2 threads, docs/CHECKS.md); else the builtin ``map``, one after the other in this thread."""
         if self._onnx is None or self.threads <= 1:
-            yield _Serial()
+            yield map
             return
         pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="embed")
         try:
-            yield pool
+            yield pool.map
         finally:  # on an error or an interrupt, queued batches are dropped, not run
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -381,13 +381,6 @@ class Encoder:
         input_ids, mask = self._pad(ids)
         hidden = self._run_onnx(input_ids, mask) if self._onnx is not None else self._run_torch(input_ids, mask)
         return self._pool(hidden, mask)
-
-
-class _Serial:
-    """``map`` in the calling thread, lazily, like an executor's."""
-
-    def map(self, fn: Any, items: Sequence[Any]) -> Iterator[Any]:
-        return (fn(item) for item in items)
 
 
 def normalize_rows(vectors: np.ndarray) -> np.ndarray:
