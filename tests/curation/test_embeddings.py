@@ -79,7 +79,7 @@ def test_killed_and_damaged_shard_writes(tmp_path: Path, monkeypatch: pytest.Mon
         raise KeyboardInterrupt("killed")
 
     monkeypatch.setattr(os, "replace", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         emb.embed_texts(texts, cache_dir=tmp_path, field="prompt")
     monkeypatch.undo()
     folder = tmp_path / emb.model_id() / "prompt"

@@ -73,7 +73,7 @@ def test_killed_batch_is_cleaned_and_redone(catalog: Catalog, tmp_path: Path, mo
 
     monkeypatch.setattr(pipeline, "CHUNK_UNITS", 7)
     monkeypatch.setattr(BatchStore, "write_chunk", dying_write)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         ingest(catalog, [path], IngestOptions())
     assert catalog.scalar("SELECT status FROM ingest_batches") == "running"
     assert catalog.scalar("SELECT count(*) FROM source_rows") == 11  # two chunks of 7 units, 3 bad

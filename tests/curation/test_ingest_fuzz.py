@@ -15,6 +15,7 @@ from curation.ingest.pipeline import Accepted, Refused, units_of
 from curation.ingest.sources import SourcePlan
 from curation.ingest.text_readers import ReadPosition
 from schemas.catalog import Catalog
+from schemas.records import Record
 from tests.curation.ingest_support import run
 
 KEYS = [
@@ -59,6 +60,22 @@ def _units(path: Path, container: str, shape: str, eval_set: str | None) -> list
     return list(units_of(plan, options, None, ReadPosition()))
 
 
+def _assert_units_are_sound(units: list[Accepted | Refused], eval_set: str | None) -> None:
+    """Each unit once; a refusal names its reason and keeps the raw bytes; a record is a valid conversation
+    whose texts respect ``max_field_chars`` (20) and, outside an eval set, ends with an answer."""
+    keys = [(u.row, u.sub_index) for u in units]
+    assert len(keys) == len(set(keys))
+    for unit in units:
+        if isinstance(unit, Refused):
+            assert unit.reason.strip() and unit.raw
+            continue
+        messages = unit.record.messages
+        assert messages and all(0 < len(m.content) <= 20 for m in messages)
+        assert unit.record.record_id == Record.from_messages(messages).record_id
+        if eval_set is None:
+            assert messages[-1].role.value == "assistant"
+
+
 def _nonblank_lines(data: bytes) -> set[int]:
     """Line numbers that are rows: not blank, once a leading byte-order mark is set aside."""
     found = set()
@@ -79,7 +96,7 @@ def test_jsonl_every_line_is_counted(rows: list[bytes], shape: str, eval_set: st
         path.write_bytes(data)
         units = _units(path, "jsonl", shape, eval_set)
     assert {u.row for u in units} == _nonblank_lines(data)
-    assert all(isinstance(u, Accepted | Refused) for u in units)
+    _assert_units_are_sound(units, eval_set)
 
 
 @FUZZ
@@ -127,8 +144,17 @@ def test_full_pipeline_invariant(rows: list[bytes], fmt: str) -> None:
     path = workdir / f"f{len(list(workdir.glob('*.jsonl')))}.jsonl"
     path.write_bytes(b"\n".join(rows))
     mapping = {"text": "user", "output": "assistant"} if fmt == "jsonl" else {}
-    result = run(Catalog(workdir / "catalog.duckdb"), [path], format=fmt, mapping=mapping, max_field_chars=30)
-    assert result.rows_read >= len(_nonblank_lines(path.read_bytes()))
+    catalog = Catalog(workdir / "catalog.duckdb")
+    result = run(catalog, [path], format=fmt, mapping=mapping, max_field_chars=30)
+    # the documented rule, and every non-blank line is a source row or a quarantined row of this batch
+    assert result.rows_read == result.ingested + result.quarantined
+    batch = [result.batch_id]
+    stored = catalog.query(
+        "SELECT row FROM source_rows WHERE batch_id = ? UNION ALL SELECT row FROM quarantined_rows WHERE batch_id = ?",
+        [*batch, *batch],
+    )
+    assert len(stored) == result.rows_read
+    assert {r["row"] for r in stored} == _nonblank_lines(path.read_bytes())
 
 
 _SHARED: list[str] = []

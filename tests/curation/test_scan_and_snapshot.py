@@ -107,7 +107,10 @@ def test_split_assignment_is_stable_and_roughly_proportional() -> None:
     splits = [split_of(f"rec_{i}", policy) for i in range(5000)]
     assert splits == [split_of(f"rec_{i}", policy) for i in range(5000)]
     assert 0.77 < splits.count("train") / 5000 < 0.83
-    assert split_of("rec_1", SnapshotPolicy(seed=1)) in ("train", "validation", "test")
+    # another seed deals independently: about 1 - (0.8² + 0.1² + 0.1²) = 34% of records change split
+    reseeded = [split_of(f"rec_{i}", SnapshotPolicy(seed=1)) for i in range(5000)]
+    changed = sum(a != b for a, b in zip(splits, reseeded, strict=True)) / 5000
+    assert 0.30 < changed < 0.38 and 0.77 < reseeded.count("train") / 5000 < 0.83
     with pytest.raises(ValueError, match="sum to 1"):
         SnapshotPolicy(train_fraction=0.9, validation_fraction=0.2, test_fraction=0.1)
 

@@ -35,7 +35,7 @@ def test_exact_match_and_accuracy() -> None:
     assert not exact_match("refund", "refund_request")
     assert accuracy([True, False, True, True]) == 0.75
     assert accuracy([1.0, 0.5]) == 0.75
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="accuracy of an empty list is undefined"):
         accuracy([])
 
 

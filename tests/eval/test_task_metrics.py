@@ -19,7 +19,7 @@ def test_chrf_on_a_hand_computed_case() -> None:
     # beta=2 weighs recall: a prediction covering the reference plus noise beats a fragment of equal F1
     assert chrf("the cat sat there today", "the cat sat") > chrf("the", "the cat sat")
     assert chrf("Abc", "abc") < 1.0  # case-sensitive
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="chrF needs n >= 1"):
         chrf("a", "a", n=0)
 
 

@@ -22,7 +22,7 @@ def test_migrations_apply_once_and_are_recorded(tmp_path: Path) -> None:
 def test_write_rolls_back_on_error(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog.duckdb")
     catalog.migrate()
-    with pytest.raises(RuntimeError), catalog.write() as con:
+    with pytest.raises(RuntimeError, match="boom"), catalog.write() as con:
         con.execute("INSERT INTO lineage_edges VALUES ('a', 'x', 'b', 'y', 'r', now())")
         raise RuntimeError("boom")
     assert catalog.scalar("SELECT count(*) FROM lineage_edges") == 0
@@ -31,7 +31,7 @@ def test_write_rolls_back_on_error(tmp_path: Path) -> None:
 def test_read_connection_cannot_write(tmp_path: Path) -> None:
     catalog = Catalog(tmp_path / "catalog.duckdb")
     catalog.migrate()
-    with pytest.raises(duckdb.Error), catalog.read() as con:
+    with pytest.raises(duckdb.Error, match="read-only mode"), catalog.read() as con:
         con.execute("DELETE FROM records")
 
 

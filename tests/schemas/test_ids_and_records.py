@@ -44,7 +44,7 @@ def test_prompt_and_response_text() -> None:
 
 
 def test_unknown_role_is_rejected() -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(ValidationError, match="Input should be 'system', 'user', 'assistant' or 'tool'"):
         Message(role="narrator", content="x")  # type: ignore[arg-type]
 
 
@@ -60,5 +60,5 @@ def test_artifact_ids_are_deterministic_and_input_sensitive() -> None:
 
 def test_canonical_json_is_order_independent_and_refuses_nan() -> None:
     assert canonical_json({"b": 1, "a": "é"}) == '{"a":"é","b":1}'
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         canonical_json({"x": float("nan")})

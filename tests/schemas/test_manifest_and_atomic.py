@@ -49,12 +49,12 @@ def test_tampering_is_detected(tmp_path: Path, tamper: object, message: str) -> 
 
 def test_atomic_directory_leaves_nothing_on_error_and_refuses_overwrite(tmp_path: Path) -> None:
     final = tmp_path / "art"
-    with pytest.raises(RuntimeError), atomic_directory(final) as staging:
+    with pytest.raises(RuntimeError, match="boom"), atomic_directory(final) as staging:
         (staging / "half.txt").write_text("x")
         raise RuntimeError("boom")
     assert not final.exists() and list(tmp_path.iterdir()) == []
     _artifact(final)
-    with pytest.raises(FileExistsError), atomic_directory(final):
+    with pytest.raises(FileExistsError, match="already exists; artifacts are immutable"), atomic_directory(final):
         pass
 
 

@@ -77,8 +77,10 @@ def test_overlength_is_truncated_from_the_left_or_dropped_and_counted(tokenizer)
     last_answer_start = max(i for i, label in enumerate(full.labels) if label != IGNORE_INDEX)
     while full.labels[last_answer_start - 1] != IGNORE_INDEX:
         last_answer_start -= 1
-    with pytest.raises(FormattingError):  # keeping the last tokens would cut into the last answer
+    # keeping the last tokens would cut into the last answer
+    with pytest.raises(FormattingError, match="the last assistant turn alone exceeds max_length") as cut:
         tokenize_conversation(tokenizer, CONVERSATION, max_length=len(full.input_ids) - last_answer_start - 1)
+    assert cut.value.reason == "too_long"
     result = format_conversations(
         tokenizer,
         [CONVERSATION, CONVERSATION[:2], [{"role": "assistant", "content": 3}]],

@@ -95,11 +95,11 @@ def test_resume_after_interruption_ends_with_the_same_adapter(trainable_tiny_dir
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
-        raise Interrupted
+        raise Interrupted("killed after the checkpoint was written")
 
     monkeypatch.setattr(ckpt, "save_checkpoint", save_then_die)
     checkpoints = tmp_path / "checkpoints"
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match="killed after the checkpoint"):
         train_lora(trainable_tiny_dir, train, validation, config, tmp_path / "resumed", checkpoints)
     assert not (tmp_path / "resumed").exists() and (checkpoints / "step-00000004").is_dir()
     monkeypatch.setattr(ckpt, "save_checkpoint", real_save)
@@ -119,7 +119,7 @@ def test_a_checkpoint_from_another_run_is_refused(trainable_tiny_dir, toy_task, 
     train, validation = toy_task
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setattr(ckpt, "save_checkpoint", _save_once_then_stop(ckpt.save_checkpoint))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="stopped after one checkpoint"):
         train_lora(
             trainable_tiny_dir, train, validation, _config(max_steps=6, checkpoint_every=2), tmp_path / "a", checkpoints
         )
@@ -130,7 +130,7 @@ def test_a_checkpoint_from_another_run_is_refused(trainable_tiny_dir, toy_task, 
 def _save_once_then_stop(real):
     def wrapper(*args, **kwargs):
         real(*args, **kwargs)
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("stopped after one checkpoint")
 
     return wrapper
 
