@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.support.require import require_path
 from tests.support.tiny_model import build_tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -33,8 +33,4 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """../shared/data beside the checkout: fails under CI when missing, skips elsewhere."""
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"real-data tests need {SHARED_DATA} and CI must provide it")
-        pytest.skip(f"{SHARED_DATA} not found")
-    return SHARED_DATA
+    return require_path(SHARED_DATA, "the real-data tests read ../shared/data beside the checkout")

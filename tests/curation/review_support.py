@@ -30,12 +30,13 @@ from curation.review.connection import Connection
 from curation.review.server import serve, server_venv, stop
 from curation.scan import run_scan
 from schemas.catalog import Catalog
+from tests.support.require import in_ci
 
 #: Marks for every test that talks to the real server (slow: a server start is 5-30 s).
 NEEDS_SERVER = [
     pytest.mark.slow,
     pytest.mark.skipif(
-        not (server_venv() / "bin" / "python").exists() and not os.environ.get("CI"),
+        not (server_venv() / "bin" / "python").exists() and not in_ci(),
         reason="argilla-server venv missing (make install creates it)",
     ),
 ]

@@ -12,8 +12,10 @@ import pytest
 from curation.ingest import IngestConfigError, IngestOptions, ingest
 from schemas.catalog import Catalog
 from tests.curation.ingest_support import quarantine, records_of, run, write_lines
+from tests.support.require import require_module
 
 INTENT = {"text": "user", "category": "assistant"}
+DATA_EXTRA = "pip install -e '.[data]'"
 
 
 def test_csv_planted_defects(catalog: Catalog, tmp_path: Path) -> None:
@@ -115,7 +117,7 @@ def test_parquet_with_chat_columns_is_detected(catalog: Catalog, tmp_path: Path)
 
 
 def test_hf_saved_dataset_and_dataset_dict(catalog: Catalog, tmp_path: Path) -> None:
-    datasets = pytest.importorskip("datasets")
+    datasets = require_module("datasets", DATA_EXTRA)
     rows = {"text": ["Where is my card?", "Refund please", None], "label": ["card", "refund", "x"]}
     single = tmp_path / "single"
     datasets.Dataset.from_dict(rows).save_to_disk(str(single))
@@ -133,7 +135,7 @@ def test_hf_saved_dataset_and_dataset_dict(catalog: Catalog, tmp_path: Path) -> 
 
 
 def test_hf_data_files_through_load_dataset(catalog: Catalog, tmp_path: Path) -> None:
-    pytest.importorskip("datasets")
+    require_module("datasets", DATA_EXTRA)
     path = write_lines(tmp_path / "rows.jsonl", [{"instruction": "Say hi", "output": "Hi"}])
     result = run(catalog, [path], format="hf")
     assert result.ingested == 1 and result.files[0].format == "alpaca"

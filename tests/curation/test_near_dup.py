@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from curation.near_dup import NearDupConfig, find_near_duplicates
 from curation.scan import ScanError, run_scan
 from curation.shingles import exact_jaccard, shingle_batch, tokens
 from schemas.catalog import Catalog
+from tests.support.require import require_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -157,7 +159,7 @@ def test_estimates_are_unbiased_over_many_random_pairs() -> None:
 
 
 def test_optimal_params_match_datasketch() -> None:
-    datasketch_lsh = pytest.importorskip("datasketch.lsh")
+    datasketch_lsh = require_module("datasketch.lsh", "pip install -e '.[data]'")
     for threshold in (0.5, 0.7, 0.9):
         for fp in (0.5, 0.1):
             expected = datasketch_lsh._optimal_param(threshold, 128, fp, 1 - fp)
@@ -193,7 +195,6 @@ def test_planted_near_duplicates_with_known_jaccard() -> None:
 
 
 def test_verified_pairs_are_never_below_the_threshold_and_are_exact() -> None:
-    hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
 
     @hypothesis.given(seed=st.integers(0, 10_000), threshold=st.floats(0.3, 0.95))
@@ -212,7 +213,6 @@ def test_verified_pairs_are_never_below_the_threshold_and_are_exact() -> None:
 
 
 def test_kept_members_do_not_depend_on_input_order() -> None:
-    hypothesis = pytest.importorskip("hypothesis")
     st = hypothesis.strategies
     rng = random.Random(2)
     bases = [random_text(rng, 25) for _ in range(5)]
@@ -236,11 +236,11 @@ def test_config_validation() -> None:
         NearDupConfig(bands=4)
     with pytest.raises(ValueError, match="exceeds num_perm"):
         NearDupConfig(bands=20, rows=10)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="threshold\n  Input should be less than or equal to 1"):
         NearDupConfig(threshold=1.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="treshold\n  Extra inputs are not permitted"):
         NearDupConfig.model_validate({"treshold": 0.8})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"num_perm must be in \[2, 4096\], got 1"):
         MinHashParams(num_perm=1)
 
 
@@ -360,7 +360,7 @@ def test_a_scan_killed_while_storing_signatures_is_finished_by_a_rerun(
         real_save(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(store, "save_signatures", dying_save)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match="killed"):
         run_scan(catalog, ["near_dup"])
     assert catalog.scalar("SELECT count(*) FROM minhash_signatures") == 20
     assert catalog.scalar("SELECT status FROM scans") == "running"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from curation.review.push import push
 from refinery.cli import app
 from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key
 from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
+from tests.support.require import require_module
 
 pytestmark = NEEDS_SERVER
 
@@ -35,13 +35,9 @@ ANNOTATOR, PASSWORD = "uma", "uma-pass-1234"
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium driven through /usr/bin/chromedriver (Selenium), with a fresh profile."""
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        if os.environ.get("CI"):
-            raise  # the dev extra installs it
-        pytest.skip("selenium missing: pip install -e '.[dev]'")
+    require_module("selenium", "pip install -e '.[dev]'")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
 
     require_chromium()
     options = webdriver.ChromeOptions()
