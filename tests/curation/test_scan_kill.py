@@ -2,9 +2,12 @@
 clean scan in a fresh catalog would (one scan row, complete; one finding per record and check; no duplicate
 signature rows; the same duplicate clusters).
 
-The child process wraps the catalog writes it is killed around (test code only, nothing in production waits):
-it prints a line at the chosen point and the parent kills it on reading that line, so the kill lands just
-before, during or after a real write transaction.
+The fault is placed deterministically (test code only, nothing in production waits): the child wraps the catalog
+writes, and at the chosen point it prints a line and then blocks until the parent, on reading that line, kills
+it. So the kill lands at exactly that point, whatever the load on the machine:
+- ``inside_save``: inside the kill_at-th signature write transaction, after its INSERTs, before its COMMIT;
+- ``after_chunk``: after the kill_at-th signature transaction committed;
+- ``after_check``: after the kill_at-th check's findings were stored.
 """
 
 from __future__ import annotations
@@ -29,39 +32,56 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["exact", "near_dup"]
 N_BASE, N_NEAR = 500, 100  # 600 records, 100 planted near duplicates
 CHUNK = 40  # signature chunk size in the child: 15 write transactions
+HOLDING = "holding"  # the line the child prints once it waits at the kill point
 
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import contextlib, sys, time
     from pathlib import Path
     import curation.minhash_store as store
     import curation.scan as scan
     from schemas.catalog import Catalog
 
-    path, mode, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    path, mode, chunk, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store.WRITE_CHUNK = chunk
-    real_save, real_store = store.save_signatures, scan._store_check
+    real_save, real_store, real_write = store.save_signatures, scan._store_check, Catalog.write
+    state = {"saves": 0, "in_save": False, "checks": 0}
+
+    def hold(where):
+        print("%HOLDING% " + where, flush=True)
+        while True:  # the parent kills the process here: nothing after this point runs
+            time.sleep(60)
+
+    @contextlib.contextmanager
+    def write(self):
+        with real_write(self) as con:
+            yield con
+            if mode == "inside_save" and state["in_save"] and state["saves"] == kill_at:
+                hold("inside signature transaction %d, before its commit" % kill_at)
 
     def save(*args, **kwargs):
-        if mode == "during_save":
-            print("saving", flush=True)  # the parent kills while this transaction runs (or just before)
-        real_save(*args, **kwargs)
-        if mode == "after_chunk":
-            print("saved", flush=True)
-            time.sleep(0.05)
+        state["saves"] += 1
+        state["in_save"] = True
+        try:
+            real_save(*args, **kwargs)
+        finally:
+            state["in_save"] = False
+        if mode == "after_chunk" and state["saves"] == kill_at:
+            hold("after signature transaction %d" % kill_at)
 
     def store_check(catalog, scan_id, name, output):
         real_store(catalog, scan_id, name, output)
-        if mode == "after_check":
-            print("stored " + name, flush=True)
-            time.sleep(5)
+        state["checks"] += 1
+        if mode == "after_check" and state["checks"] == kill_at:
+            hold("after storing " + name)
 
+    Catalog.write = write
     store.save_signatures = save
     scan._store_check = store_check
-    scan.run_scan(Catalog(Path(path)), sys.argv[4].split(","))
+    scan.run_scan(Catalog(Path(path)), sys.argv[5].split(","))
     print("done", flush=True)
     """
-)
+).replace("%HOLDING%", HOLDING)
 
 
 def _lines() -> list[str]:
@@ -81,7 +101,7 @@ def _catalog(tmp_path: Path, name: str, data: Path) -> Catalog:
 def _kill_child(catalog: Catalog, mode: str, kill_at: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(catalog.path), mode, str(CHUNK), ",".join(CHECKS)],
+        [sys.executable, "-c", CHILD, str(catalog.path), mode, str(CHUNK), str(kill_at), ",".join(CHECKS)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -90,14 +110,13 @@ def _kill_child(catalog: Catalog, mode: str, kill_at: int) -> None:
     )
     try:
         assert child.stdout is not None
-        seen = 0
-        while seen < kill_at:
+        while True:
             line = child.stdout.readline()
-            if not line:
+            if not line or line.strip() == "done":
                 child.wait(timeout=60)
-                pytest.fail(f"child ended before the kill point: {child.stderr.read() if child.stderr else ''}")
-            assert line.strip() != "done", "the scan finished before the kill point"
-            seen += 1
+                pytest.fail(f"the child never reached the kill point: {child.stderr.read() if child.stderr else ''}")
+            if line.startswith(HOLDING):
+                break
         child.send_signal(signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
     finally:
@@ -106,7 +125,7 @@ def _kill_child(catalog: Catalog, mode: str, kill_at: int) -> None:
             child.wait()
 
 
-@pytest.mark.parametrize(("mode", "kill_at"), [("during_save", 4), ("after_chunk", 3), ("after_check", 1)])
+@pytest.mark.parametrize(("mode", "kill_at"), [("inside_save", 4), ("after_chunk", 3), ("after_check", 1)])
 def test_a_killed_scan_is_finished_by_a_rerun_exactly_like_a_clean_scan(
     tmp_path: Path, mode: str, kill_at: int
 ) -> None:
@@ -121,8 +140,8 @@ def test_a_killed_scan_is_finished_by_a_rerun_exactly_like_a_clean_scan(
     stored = killed.scalar("SELECT count(*) FROM minhash_signatures")
     if mode == "after_chunk":
         assert stored == kill_at * CHUNK  # whole chunks only
-    elif mode == "during_save":
-        assert stored in ((kill_at - 1) * CHUNK, kill_at * CHUNK)  # the killed transaction: all or nothing
+    elif mode == "inside_save":
+        assert stored == (kill_at - 1) * CHUNK  # the killed transaction left nothing: its INSERTs never committed
     else:
         assert stored == 0 and killed.scalar("SELECT count(*) FROM findings") == n  # exact stored, not near_dup
 
