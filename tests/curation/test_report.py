@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from curation.check_types import CheckContext, CheckOutput, ScanRecord
+from curation.check_types import CheckContext, CheckOutput
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.report import (
@@ -67,14 +67,16 @@ def _bag_of_words(catalog: Catalog) -> Any:
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A workspace with planted defects, ingested and scanned for real (plus a check that fails). Pair and
-    contamination rows are inserted directly for the scan (checks that write them are not registered yet)."""
+    """A workspace with planted defects, ingested and scanned for real by the registered checks (the embedding
+    check ``inconsistency`` with the packaged all-MiniLM-L6-v2, the n-gram ``contamination`` check), plus a
+    check that fails."""
     root = tmp_path_factory.mktemp("report")
     ws = root / "ws"
     catalog = Catalog(ws / "catalog.duckdb")
     catalog.migrate()
-    lines = [_chat(f"question number {i} about topic {i % 7} and billing", f"label_{i % 3}") for i in range(40)]
-    lines += [_chat(f"how do I reset my password on device {i}", f"reset_{i % 2}") for i in range(20)]
+    # filler prompts that look alike carry one answer each, so the planted top-up pair is the only conflict
+    lines = [_chat(f"question number {i} about topic {i % 7} and billing", "billing") for i in range(40)]
+    lines += [_chat(f"how do I reset my password on device {i}", "reset") for i in range(20)]
     lines += [
         _chat("Where is my card?", "card_lost"),
         _chat("where is my  CARD", "card_lost"),  # exact duplicate after normalisation
@@ -94,56 +96,23 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     ingest(catalog, [root / "train.jsonl"], IngestOptions(name="train"))
     ingest(catalog, [root / "eval.jsonl"], IngestOptions(eval_set="heldout"))
+    checks = ["exact", "exact_prompt", "near_dup", "near_dup_eval", "contamination", "inconsistency", "boom"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(CHECKS, "boom", _boom)
-        result = run_scan(catalog, ["exact", "exact_prompt", "near_dup", "near_dup_eval", "boom"])
+        result = run_scan(catalog, checks)
     ids = {r["prompt"]: r["record_id"] for r in catalog.query("SELECT record_id, prompt FROM records")}
     top_a = catalog.query("SELECT record_id FROM records WHERE response = 'pending_top_up'")[0]["record_id"]
     top_b = catalog.query("SELECT record_id FROM records WHERE response = 'top_up_failed'")[0]["record_id"]
-    leak, eval_item = ids["held out question about refunds today"], ids["unseen eval item"]
-    scan_id = result.scan_id
-    train_ids = [r.record_id for r in _training(catalog)]
-    with catalog.write() as con:
-        for rid in train_ids:  # the findings a pair check and a contamination check would store
-            con.execute(
-                "INSERT INTO findings VALUES (?, ?, 'inconsistency', ?, ?, ?, NULL)",
-                [
-                    scan_id,
-                    rid,
-                    0.9 if rid == top_a else 0.1,
-                    rid == top_a,
-                    "conflicting answer" if rid == top_a else None,
-                ],
-            )
-            con.execute(
-                "INSERT INTO findings VALUES (?, ?, 'contamination', ?, ?, NULL, NULL)",
-                [scan_id, rid, 1.0 if rid == leak else 0.0, rid == leak],
-            )
-        con.execute(
-            "INSERT INTO finding_pairs VALUES (?, 'inconsistency', ?, ?, 0.9, 1.0, 0.12, 'same prompt, other answer', "
-            "NULL)",
-            [scan_id, top_a, top_b],
-        )
-        con.execute(
-            "INSERT INTO contamination_hits VALUES (?, 'contamination', ?, 'heldout', ?, 0.83, 'ngram13', NULL)",
-            [scan_id, leak, eval_item],
-        )
     return {
         "root": root,
         "ws": ws,
         "catalog": catalog,
-        "scan_id": scan_id,
+        "scan_id": result.scan_id,
         "ids": ids,
         "top": (top_a, top_b),
-        "leak": (leak, eval_item),
+        "leak": ids["held out question about refunds today"],  # a training record that is also an eval item
         "records": result.records,
     }
-
-
-def _training(catalog: Catalog) -> list[ScanRecord]:
-    from curation.scan import load_training_records
-
-    return load_training_records(catalog)
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -214,16 +183,22 @@ def test_report_data_counts_thresholds_failures_and_examples(scanned: dict[str, 
     )
     assert sum(exact.hist_flagged) == 3 and sum(exact.hist_unflagged) == scanned["records"] - 3
     assert (checks["near_dup"].threshold, checks["near_dup"].threshold_source) == (0.7, "scan summary")
-    assert checks["inconsistency"].threshold_source == "lowest flagged score"  # 0.9 flagged, 0.1 not
-    assert checks["inconsistency"].threshold == pytest.approx(0.9)
+    # both sides of the planted conflict and nothing else, at score 1.0 (an exact prompt match)
+    inconsistency = checks["inconsistency"]
+    assert (inconsistency.flagged, inconsistency.threshold_source) == (2, "lowest flagged score")
+    assert inconsistency.threshold == 1.0 and inconsistency.pairs == 1
+    contamination = checks["contamination"]
+    assert (contamination.flagged, contamination.threshold, contamination.threshold_source) == (1, 0.8, "scan summary")
     assert data.cluster_sizes["exact"] == {"2": 3} and data.cluster_sizes["exact_prompt"] == {"2": 4}
 
     top_a, top_b = scanned["top"]
     (pair,) = data.examples["inconsistency"]
-    assert (pair.left.record_id, pair.right and pair.right.record_id) == (top_a, top_b)
-    assert pair.metrics["prompt similarity"] == 1.0 and pair.left.response == "pending_top_up"
-    (hit,) = data.examples["contamination"]
-    assert hit.right is not None and hit.right.record_id == scanned["leak"][1] and "heldout" in hit.right.title
+    assert pair.right is not None and {pair.left.record_id, pair.right.record_id} == {top_a, top_b}
+    assert pair.metrics["prompt similarity"] == 1.0 and pair.metrics["response similarity"] < 0.95
+    assert {pair.left.response, pair.right.response} == {"pending_top_up", "top_up_failed"}
+    (hit,) = data.examples["contamination"]  # the training record shown beside the eval item it contains
+    assert hit.left.record_id == scanned["leak"] and hit.metrics == {"overlap": 1.0, "method": "full_prompt"}
+    assert hit.right is not None and hit.right.record_id == scanned["leak"] and "heldout" in hit.right.title
     (leak,) = data.examples["near_dup_eval"]  # findings naming an eval item show it beside the record
     assert leak.right is not None and leak.right.prompt == leak.left.prompt
     dups = data.examples["exact"]
@@ -247,11 +222,13 @@ def test_embedding_map_is_capped_and_missing_embeddings_are_explained(scanned: d
 
     data = collect_report(catalog, embeddings=broken)
     assert data.embedding_map is None and "expected" in data.embedding_note and "vectors" in data.embedding_note
-    default = collect_report(catalog)  # stored embeddings only: none were stored for this catalog
-    assert default.embedding_map is None and default.embedding_note
-    section = _map_section(default)  # the section says why instead of failing the report
+    section = _map_section(data)  # the section says why instead of failing the report
     assert 'class="note"' in section and "<img" not in section
-    assert default.embedding_note.split(":")[0] in section.replace("&#x27;", "'")
+    assert data.embedding_note.split(":")[0] in section.replace("&#x27;", "'")
+    # by default the map uses the prompt embeddings the scan stored: the inconsistency check embedded them all
+    default = collect_report(catalog)
+    assert default.embedding_map is not None and default.embedding_map.total == scanned["records"]
+    assert default.embedding_note == f"{scanned['records']} of {scanned['records']} scanned records"
 
 
 # ---------------------------------------------------------------------------------------------- in a browser
