@@ -57,10 +57,12 @@ class RegressionCheck(BaseModel):
     general_set: str | None = None
     general_set_hash: str | None = None
     n_prompts: int = 0
-    max_new_tokens: int | None = None
     base_loss: float | None = None
     adapter_loss: float | None = None
     relative_change: float | None = Field(default=None, description="adapter_loss / base_loss - 1.")
+    median_example_change: float | None = Field(
+        default=None, description="Median over the prompts of each reference's own relative loss change."
+    )
     max_regression: float | None = None
     seconds: float | None = None
 

@@ -38,6 +38,7 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
     from training.base_model import resolve_base_model
     from training.config import load_train_config
     from training.recipe import train_lora
+    from training.rehearsal import RehearsalSetError, load_rehearsal_set
 
     catalog = ws.catalog
     snapshot = load_snapshot(catalog, snapshot_id)
@@ -48,9 +49,16 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
             "INSERT OR IGNORE INTO base_models VALUES (?, ?, ?, ?, ?)",
             [base.model_id, base.source, str(base.path), base.sha256, utcnow()],
         )
-    adapter_id = artifact_id(
-        "adapter", {"snapshot": snapshot_id, "base_model": base.sha256, "config": config.to_json()}
-    )
+    rehearsal_set = None
+    if config.rehearsal.share > 0:  # checked before any training; its content is part of the adapter's identity
+        try:
+            rehearsal_set = load_rehearsal_set(config.rehearsal.path)[2]
+        except RehearsalSetError as exc:
+            raise UsageError(str(exc)) from None
+    identity = {"snapshot": snapshot_id, "base_model": base.sha256, "config": config.to_json()}
+    if rehearsal_set is not None:
+        identity["rehearsal_set"] = rehearsal_set
+    adapter_id = artifact_id("adapter", identity)
     final = ws.adapters_dir / adapter_id
     clean_staging(ws.adapters_dir)
     if not final.exists():
@@ -69,7 +77,11 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
                 adapter_id,
                 parents=[snapshot_id, base.model_id],
                 config={"train": config.to_json(), "base_model": base.to_json()},
-                counts={"train_conversations": len(train), "validation_conversations": len(validation)},
+                counts={
+                    "train_conversations": len(train),
+                    "validation_conversations": len(validation),
+                    "rehearsal_conversations": metrics["rehearsal"].get("general_conversations", 0),
+                },
                 extra={
                     "snapshot_id": snapshot_id,
                     "base_model_id": base.model_id,
@@ -80,6 +92,7 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
                     "curves_files": [f"{ADAPTER_SUBDIR}/curves.json", f"{ADAPTER_SUBDIR}/curves.png"],
                     "loss_curves": {"train": curves["train"], "validation": curves["validation"]},
                     "metrics": metrics,
+                    "rehearsal": metrics["rehearsal"],
                 },
             )
             write_manifest(staging, manifest)
@@ -141,12 +154,6 @@ def _subset(rows: list[dict[str, Any]], limit: int | None) -> list[dict[str, Any
     return sorted(rows, key=lambda r: hashlib.sha256(r["record_id"].encode()).hexdigest())[:limit]
 
 
-#: The general-capability set used when the eval config names none: MT-Bench's questions beside the checkout.
-DEFAULT_GENERAL_SET = Path(__file__).resolve().parents[2] / "shared" / "data" / "mt_bench" / "question.jsonl"
-#: Workspace folder of the base models' cached answers to the general set (keyed by base model and prompts).
-GENERAL_REFS_DIR = "general-refs"
-
-
 def evaluate_adapter(
     ws: Workspace, adapter_id: str, eval_set: str | None, limit: int | None, overrides: dict[str, Any]
 ) -> dict[str, Any]:
@@ -191,7 +198,7 @@ def evaluate_adapter(
     shots_pool = [example(r, i) for i, r in enumerate(train_rows) if r["messages"][-1]["role"] == "assistant"]
     task = config.task or _task_for(train_rows, rows, EvalTask, TaskKind)
     champion, champion_note = _champion(ws, adapter)
-    general_set, general_note = _general_set(config.general.path)
+    general_set = _general_set(config)
     ehash = eval_set_hash(examples)
     eval_id = artifact_id(
         "eval",
@@ -201,7 +208,7 @@ def evaluate_adapter(
             "config": config.model_dump(mode="json", exclude={"cpu_threads"}),  # threads change no result
             "task": task.model_dump(mode="json"),
             "champion": champion.adapter_id if champion else None,
-            "general_set": str(general_set) if general_set else None,
+            "general_set": general_set.sha256 if general_set else None,
         },
     )
     final = ws.evals_dir / eval_id
@@ -217,12 +224,8 @@ def evaluate_adapter(
             contaminated=bool(contamination["items"]),
             champion=champion,
             general_set=general_set,
-            base_model_id=adapter["base_model_id"],
-            cache_dir=ws.root / GENERAL_REFS_DIR,
         )
         payload = report.to_json()
-        if general_note and payload["regression"]["status"] == "skipped":
-            payload["regression"]["reason"] = general_note
         payload["contaminated_items"] = contamination["items"]
         payload["contamination_method"] = contamination["method"]
         payload["excluded_contaminated_items"] = excluded
@@ -306,16 +309,16 @@ def _champion(ws: Workspace, adapter: dict[str, Any]) -> tuple[Any, str | None]:
     return Champion(adapter_id=event.adapter_id, path=str(Path(found[0]["path"]) / ADAPTER_SUBDIR)), None
 
 
-def _general_set(path: str | None) -> tuple[Path | None, str | None]:
-    """The general set's file, or None with the reason the regression check is skipped."""
-    if path is not None:
-        chosen = Path(path).expanduser()
-        if not chosen.is_file():
-            raise UsageError(f"general set {chosen} does not exist (general.path in the eval config)")
-        return chosen.resolve(), None
-    if DEFAULT_GENERAL_SET.is_file():
-        return DEFAULT_GENERAL_SET, None
-    return None, f"no general set: {DEFAULT_GENERAL_SET} not found and general.path not set in the eval config"
+def _general_set(config: Any) -> Any:
+    """The general-capability check's set: the eval config's file, or the one shipped in the package."""
+    from eval.general import GeneralSetError, load_general_set
+
+    if not config.general.enabled:
+        return None
+    try:
+        return load_general_set(config.general.path, config.general.limit)
+    except GeneralSetError as exc:
+        raise UsageError(f"{exc} (general.path in the eval config)") from None
 
 
 def _task_for(train_rows: list[dict[str, Any]], eval_rows: list[dict[str, Any]], task_cls: Any, kinds: Any) -> Any:

@@ -43,6 +43,26 @@ class LoraConfigSpec(BaseModel):
     )
 
 
+class RehearsalSpec(BaseModel):
+    """General conversations mixed into the training data so the adapter keeps answering in general."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Fraction of the mixed training set that is general conversations (0 turns rehearsal off). "
+        "0.1: measured in docs/EVAL.md against the general-capability check and task accuracy.",
+    )
+    path: str | None = Field(
+        default=None,
+        description='JSONL of general conversations ({"messages": [...]} ending with an assistant turn); default: '
+        "the 300 shipped in the package (OpenAssistant and Self-Instruct, Apache-2.0, disjoint from the eval "
+        "check's references).",
+    )
+
+
 class TrainConfig(BaseModel):
     """Everything that decides a LoRA run. The same config + data + base model gives the same adapter."""
 
@@ -143,6 +163,9 @@ class TrainConfig(BaseModel):
         "for SmolLM2 on 2 cores under a load of 3 (OpenMP threads wait on each other).",
     )
     seed: int = Field(default=0, ge=0, description="Seeds the LoRA init, dropout and the batch order.")
+    rehearsal: RehearsalSpec = Field(
+        default_factory=RehearsalSpec, description="Rehearsal: general conversations mixed into the training set."
+    )
     system_prompt: str | None = Field(
         default=None,
         description="Prepended as a system message to conversations that have none (also use it at inference).",

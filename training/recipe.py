@@ -38,6 +38,7 @@ from training.formatting import (
     format_conversations,
 )
 from training.loss import token_loss
+from training.rehearsal import mix_rehearsal
 
 Conversation = list[dict[str, str]]
 LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
@@ -68,6 +69,7 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from_step: int | None = None
     peak_gpu_mb: float | None = None
+    rehearsal: dict[str, Any] = field(default_factory=dict)  # training/rehearsal.py RehearsalMix
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -102,6 +104,9 @@ def train_lora(
 ) -> TrainResult:
     """Train a LoRA adapter on ``train`` and save the one with the best ``validation`` loss to ``out_dir``.
 
+    ``train`` is the task's conversations; the configured share of general conversations is mixed in
+    (training/rehearsal.py) and the result says how many. ``validation`` stays task-only: it picks the adapter.
+
     ``out_dir`` must not exist; it appears complete (adapter_model.safetensors, adapter_config.json,
     curves.json, curves.png) or not at all. With ``checkpoint_dir``, a checkpoint is written every
     ``config.checkpoint_every`` steps and a rerun with the same arguments resumes from the latest one.
@@ -125,6 +130,7 @@ def _train_and_save(
 ) -> TrainResult:
     base_path = base.path if isinstance(base, BaseModel) else Path(base)
     trust = config.trust_remote_code or (isinstance(base, BaseModel) and base.trust_remote_code)
+    train, mix = mix_rehearsal(train, config.rehearsal.share, config.seed, config.rehearsal.path)
     run = _setup(base_path, trust, train, validation, config)
     fingerprint = _fingerprint(base, train, validation, config)
     state = ckpt.LoopState(fingerprint=fingerprint)
@@ -144,6 +150,7 @@ def _train_and_save(
         if config.method == "full":  # a standalone model folder: loadable as a base model on its own
             run.tokenizer.save_pretrained(staging)
         result = _result(run, state, config, time.perf_counter() - started)
+        result.rehearsal = mix.to_json()
         write_curves(staging, state.train_curve, state.val_curve, result.to_json())
     if checkpoint_dir is not None:  # the adapter is safe; the checkpoints have served their purpose
         for folder in checkpoint_dir.glob("step-*"):

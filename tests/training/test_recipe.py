@@ -24,6 +24,7 @@ def _config(**overrides: object) -> TrainConfig:
         "batch_size": 8,
         "eval_every": 10,
         "lora": {"rank": 16, "dropout": 0.0},
+        "rehearsal": {"share": 0.0},  # the recipe's mechanics on the toy task alone (tests/training/test_rehearsal.py)
     }
     settings.update(overrides)
     return TrainConfig.model_validate(settings)

@@ -1,0 +1,109 @@
+"""Rehearsal: the shipped general conversations, the mixing rule, and what a run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.training.conftest import conversation
+from training.config import TrainConfig, load_train_config
+from training.recipe import train_lora
+from training.rehearsal import (
+    SHIPPED_SHA256,
+    RehearsalSetError,
+    general_count,
+    load_rehearsal_set,
+    mix_rehearsal,
+)
+
+
+def test_the_shipped_set_loads_verified() -> None:
+    conversations, name, digest = load_rehearsal_set()
+    assert len(conversations) == 300 and name == "refinery:rehearsal.jsonl" and digest == SHIPPED_SHA256
+    assert all(c[-1]["role"] == "assistant" and c[-1]["content"].strip() for c in conversations)
+    assert all(c[0]["role"] == "user" for c in conversations)
+
+
+def test_a_damaged_shipped_set_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.rehearsal as rehearsal
+
+    monkeypatch.setattr(rehearsal, "SHIPPED_SHA256", "0" * 64)
+    with pytest.raises(RehearsalSetError, match=r"is damaged .* reinstall Refinery"):
+        load_rehearsal_set()
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('{"messages": [{"role": "user", "content": "hi"}]}\n', r"own\.jsonl:1: expected"),
+        ('{"prompt": "a", "response": "b"}\n', r"own\.jsonl:1: expected"),
+        ("{not json\n", r"own\.jsonl:1: not JSON"),
+        ("\n", "has no conversations"),
+    ],
+)
+def test_an_unusable_own_set_is_refused_with_the_line(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "own.jsonl"
+    path.write_text(body)
+    with pytest.raises(RehearsalSetError, match=message):
+        load_rehearsal_set(path)
+    with pytest.raises(RehearsalSetError, match=r"missing\.jsonl does not exist"):
+        load_rehearsal_set(tmp_path / "missing.jsonl")
+
+
+def test_the_share_is_of_the_mixed_set() -> None:
+    assert general_count(0.1, 900) == 100  # 100 of 1,000
+    assert general_count(0.2, 800) == 200
+    assert general_count(0.0, 5000) == 0
+    with pytest.raises(ValueError, match="share"):
+        general_count(1.0, 10)
+
+
+def test_mixing_is_seeded_and_repeats_only_after_a_full_pass() -> None:
+    task = [conversation(f"q{i}", "label") for i in range(3600)]  # 0.1 share: 400 general, more than the 300
+    mixed, mix = mix_rehearsal(task, 0.1, seed=0)
+    again, _ = mix_rehearsal(task, 0.1, seed=0)
+    other, _ = mix_rehearsal(task, 0.1, seed=1)
+    assert mixed == again and mixed != other
+    assert mixed[:3600] == task and len(mixed) == 4000
+    general = mixed[3600:]
+    first_pass = [json.dumps(c) for c in general[:300]]
+    assert len(set(first_pass)) == 300  # every shipped conversation once before any repeats
+    assert mix.general_conversations == 400 and mix.unique_general == 300 and mix.task_conversations == 3600
+    assert mix.sha256 == SHIPPED_SHA256 and mix.source == "refinery:rehearsal.jsonl"
+    unchanged, none = mix_rehearsal(task, 0.0, seed=0)
+    assert unchanged == task and none.general_conversations == 0 and none.sha256 is None
+
+
+def test_the_config_carries_rehearsal_with_a_default_share() -> None:
+    config = load_train_config({})
+    assert config.rehearsal.share == 0.1 and config.rehearsal.path is None
+    with pytest.raises(ValueError, match=r"rehearsal\.share"):
+        load_train_config({"rehearsal": {"share": 1.0}})
+    with pytest.raises(ValueError, match=r"rehearsal\.mix"):
+        load_train_config({"rehearsal": {"mix": 0.1}})
+
+
+@pytest.mark.slow
+def test_a_run_trains_on_the_mix_and_records_it(trainable_tiny_dir: Path, toy_task, tmp_path: Path) -> None:
+    train, validation = toy_task  # 32 task conversations
+    own = tmp_path / "general.jsonl"
+    own.write_text(
+        "".join(
+            json.dumps(
+                {"messages": [{"role": "user", "content": f"hello {i}"}, {"role": "assistant", "content": "hi"}]}
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    config = TrainConfig.model_validate(
+        {"max_steps": 2, "batch_size": 8, "eval_every": 2, "rehearsal": {"share": 0.2, "path": str(own)}}
+    )
+    result = train_lora(trainable_tiny_dir, train, validation, config, tmp_path / "adapter")
+    assert result.num_train == 40 and result.num_val == 4  # 32 task + 8 general (20% of 40); validation task-only
+    assert result.rehearsal["general_conversations"] == 8 and result.rehearsal["unique_general"] == 3
+    assert result.rehearsal["source"] == str(own) and result.rehearsal["task_conversations"] == 32
+    curves = json.loads((tmp_path / "adapter" / "curves.json").read_text())
+    assert curves["summary"]["rehearsal"]["share"] == 0.2

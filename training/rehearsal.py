@@ -1,0 +1,130 @@
+"""Rehearsal: general conversations mixed into every LoRA run, so a narrow adapter keeps answering in general.
+
+A LoRA trained only on label answers learns to answer everything with a label: on SmolLM2-135M two intent
+adapters raised the loss of human answers to general prompts by 21% and 57% (docs/EVAL.md). Mixing a share of
+ordinary conversations into the training data is the usual remedy (rehearsal, or replay, against catastrophic
+forgetting). The conversations ship in the package (``training/data/rehearsal.jsonl``: 300 conversations written by
+OpenAssistant volunteers and the Self-Instruct authors, Apache-2.0; ``training/data/README.md`` has provenance,
+license and the script that made it), disjoint from the general-capability check's references in ``eval/data``.
+
+``share`` is the fraction of the mixed training set that is general: n_general = round(share * n_task / (1 - share)).
+When that exceeds the set, conversations repeat (each full pass a fresh seeded shuffle), and the result says how
+many were unique. The adapter's manifest records the share, the counts and the set's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+#: The packaged rehearsal set and the SHA-256 of its bytes (checked on load).
+SHIPPED_SET = "rehearsal.jsonl"
+SHIPPED_SHA256 = "0e4d9c015b9266c808f8a449f76fe05581dc0f356f900efcee249cab800ca15b"
+
+Conversation = list[dict[str, str]]
+
+
+class RehearsalSetError(ValueError):
+    """The rehearsal set cannot be used (missing or damaged file, a line that is not a conversation)."""
+
+
+@dataclass(frozen=True)
+class RehearsalMix:
+    """What rehearsal added to a run (stored in the adapter manifest)."""
+
+    share: float
+    task_conversations: int
+    general_conversations: int
+    unique_general: int
+    source: str
+    sha256: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _conversation(line: Any) -> Conversation | None:
+    messages = line.get("messages") if isinstance(line, dict) else None
+    if not isinstance(messages, list) or len(messages) < 2:
+        return None
+    turns = []
+    for m in messages:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            return None
+        turns.append({"role": m["role"], "content": m["content"]})
+    if turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip():
+        return None
+    return turns
+
+
+def parse_rehearsal_set(data: bytes, name: str) -> list[Conversation]:
+    """The conversations of a JSONL file (``{"messages": [...]}`` per line, ending with an assistant turn)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RehearsalSetError(f"rehearsal set {name} is not UTF-8 (byte {exc.start})") from None
+    conversations = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise RehearsalSetError(f"{name}:{number}: not JSON ({exc.msg})") from None
+        conversation = _conversation(line)
+        if conversation is None:
+            raise RehearsalSetError(f'{name}:{number}: expected {{"messages": [...]}} ending with an assistant turn')
+        conversations.append(conversation)
+    if not conversations:
+        raise RehearsalSetError(f"rehearsal set {name} has no conversations")
+    return conversations
+
+
+def load_rehearsal_set(path: Path | str | None = None) -> tuple[list[Conversation], str, str]:
+    """(conversations, name, sha256) of the set at ``path``, or of the shipped set (verified) when None."""
+    if path is None:
+        data = resources.files("training").joinpath("data", SHIPPED_SET).read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != SHIPPED_SHA256:
+            raise RehearsalSetError(
+                f"the packaged rehearsal set training/data/{SHIPPED_SET} is damaged (sha256 {digest[:12]}..., "
+                f"expected {SHIPPED_SHA256[:12]}...); reinstall Refinery"
+            )
+        name = f"refinery:{SHIPPED_SET}"
+    else:
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise RehearsalSetError(f"rehearsal set {file} does not exist (rehearsal.path in the training config)")
+        data, name = file.read_bytes(), str(file)
+        digest = hashlib.sha256(data).hexdigest()
+    return parse_rehearsal_set(data, name), name, digest
+
+
+def general_count(share: float, task_conversations: int) -> int:
+    """How many general conversations make ``share`` of a mixed set with ``task_conversations`` task ones."""
+    if not 0 <= share < 1:
+        raise ValueError("share must be in [0, 1)")
+    return round(share * task_conversations / (1 - share))
+
+
+def mix_rehearsal(
+    train: list[Conversation], share: float, seed: int, path: Path | str | None = None
+) -> tuple[list[Conversation], RehearsalMix]:
+    """``train`` followed by the general conversations that make up ``share`` of the result (seeded draw)."""
+    wanted = general_count(share, len(train))
+    if wanted == 0:
+        return list(train), RehearsalMix(share, len(train), 0, 0, "none", None)
+    pool, name, digest = load_rehearsal_set(path)
+    rng = random.Random(f"rehearsal:{seed}")
+    drawn: list[Conversation] = []
+    while len(drawn) < wanted:  # every conversation once before any repeats
+        order = list(range(len(pool)))
+        rng.shuffle(order)
+        drawn.extend(pool[i] for i in order[: wanted - len(drawn)])
+    unique = min(wanted, len(pool))
+    return [*train, *drawn], RehearsalMix(share, len(train), wanted, unique, name, digest)
