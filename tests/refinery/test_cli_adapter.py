@@ -121,6 +121,8 @@ def test_merged_manifest_verifies_and_tampering_is_detected(
 
 
 def test_generate_plain_and_base_only(trained: dict[str, Any]) -> None:
+    from refinery.adapters import verified_adapter
+    from refinery.workspace import open_workspace
     from training.inference import generate, load_for_inference
 
     ws, adapter_id = trained["ws"], trained["adapter_id"]
@@ -133,7 +135,11 @@ def test_generate_plain_and_base_only(trained: dict[str, Any]) -> None:
     expected = generate(model, tokenizer, [{"role": "user", "content": PROMPTS[1]}], max_new_tokens=8)
     assert base_only["answer"] == expected and base_only["base_only"] is True
     system = _run(ws, "generate", "-a", adapter_id, PROMPTS[1], "--system", "Be brief.", "--max-new-tokens", "8")
-    assert isinstance(system["answer"], str)
+    adapter = verified_adapter(open_workspace(ws), adapter_id)
+    tuned, tuned_tokenizer = load_for_inference(adapter.base_path, adapter.adapter_path)
+    briefed = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[1]}]
+    assert system["answer"] == generate(tuned, tuned_tokenizer, briefed, max_new_tokens=8)
+    assert system["answer"] != answer  # the system message reached the prompt
 
 
 UNKNOWN = "adp_0000000000000000"
