@@ -79,7 +79,9 @@ def add_edit(catalog: Catalog, original: str, user: str, assistant: str, actor: 
     messages = chat(user, assistant)["messages"]
     new_id = record_id(messages)
     with catalog.write() as con:
-        batch = con.execute("SELECT first_batch_id FROM records WHERE record_id = ?", [original]).fetchone()[0]
+        found = con.execute("SELECT first_batch_id FROM records WHERE record_id = ?", [original]).fetchone()
+        assert found is not None, f"no record {original}"
+        batch = found[0]
         con.execute(
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, '{}', 2, ?, ?, ?)",
             [new_id, canonical_json(messages), user, assistant, assistant, batch, original, utcnow()],

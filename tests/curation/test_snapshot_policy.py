@@ -7,6 +7,9 @@ from pathlib import Path
 import pytest
 
 from curation.forget import ForgetError, forget
+from curation.ingest.options import IngestOptions
+from curation.ingest.pipeline import ingest
+from curation.scan import run_scan
 from curation.snapshot import SnapshotPolicy, assign_splits, create_snapshot, load_snapshot
 from curation.snapshot_diff import diff_snapshots
 from schemas.catalog import Catalog
@@ -90,7 +93,7 @@ def test_clusters_never_span_splits_and_labels_are_stratified(catalog: Catalog, 
     result = create_snapshot(catalog, tmp_path / "s", policy)
     members = _members(catalog, result.snapshot_id)
     assert members[ids["near_a"]]["split"] == members[ids["near_b"]]["split"]  # one near_dup cluster, one split
-    groups = {f"g{i}": ("a" if i % 2 else "b", 1) for i in range(100)}
+    groups: dict[str, tuple[str | None, int]] = {f"g{i}": ("a" if i % 2 else "b", 1) for i in range(100)}
     splits = assign_splits(groups, SnapshotPolicy())
     for label in "ab":
         mine = [splits[g] for g, (lab, _) in groups.items() if lab == label]
@@ -120,3 +123,57 @@ def test_forget_by_source_lists_existing_snapshots(catalog: Catalog, tmp_path: P
         forget(catalog, actor="dpo", source=str(tmp_path / "nope.jsonl"))
     with pytest.raises(Exception, match="no training records"):
         create_snapshot(catalog, tmp_path / "s")
+
+
+def test_forget_keeps_versions_derived_from_the_record_out(catalog: Catalog, tmp_path: Path, ids: dict) -> None:
+    edited = add_edit(catalog, ids["q1"], "question number 1 about topic 1, and more words here", "label_1")
+    before = create_snapshot(catalog, tmp_path / "s")
+    members = _members(catalog, before.snapshot_id)
+    assert members[edited]["original_record_id"] == ids["q1"] and ids["q1"] not in members  # the edit stands in
+
+    result = forget(catalog, actor="dpo", record_id=ids["q1"], reason="takedown")
+    assert result.records == sorted([ids["q1"], edited])  # the record and the version derived from it
+    assert result.snapshots == [{"snapshot_id": before.snapshot_id, "records": 1}]  # it holds the edited version
+    after = create_snapshot(catalog, tmp_path / "s", parent=before.snapshot_id)
+    members, out = _members(catalog, after.snapshot_id), _exclusions(catalog, after.snapshot_id)
+    assert edited not in members and ids["q1"] not in members and out[ids["q1"]] == "forgotten"
+    assert set(_members(catalog, before.snapshot_id)) - set(members) == {edited}  # nothing else left
+    removed = {
+        r["record_id"]: r["reason"] for r in diff_snapshots(catalog, before.snapshot_id, after.snapshot_id)["removed"]
+    }
+    assert removed == {edited: "forgotten"}
+
+
+LABELS = ("card_lost", "refund", "password_reset")
+
+
+def _ingest_labelled(catalog: Catalog, path: Path, numbers: range) -> None:
+    """Labelled rows (a CSV mapped to prompt + label, so records carry ``label``), then a new scan."""
+    lines = ["text,category"] + [f"customer ticket {i} says issue {i * 7 % 11} again,{LABELS[i % 3]}" for i in numbers]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    ingest(catalog, [path], IngestOptions(format="csv", mapping={"text": "user", "category": "assistant"}))
+    run_scan(catalog, ["exact", "exact_prompt", "near_dup"])
+
+
+def test_unstratified_splits_never_move_an_existing_record(catalog: Catalog, tmp_path: Path) -> None:
+    stable, stratified = SnapshotPolicy(stratify=False), SnapshotPolicy()
+
+    def splits(policy: SnapshotPolicy) -> dict[str, str]:
+        snapshot = create_snapshot(catalog, tmp_path / "s", policy).snapshot_id
+        return {rid: m["split"] for rid, m in _members(catalog, snapshot).items()}
+
+    _ingest_labelled(catalog, tmp_path / "first.csv", range(60))
+    assert catalog.scalar("SELECT count(DISTINCT label) FROM records") == 3
+    first, first_dealt = splits(stable), splits(stratified)
+    _ingest_labelled(catalog, tmp_path / "more.csv", range(60, 150))
+    second, second_dealt = splits(stable), splits(stratified)
+
+    assert len(first) == 60 and len(second) == 150 and set(first) < set(second)
+    assert {rid: second[rid] for rid in first} == first  # stratify: false: every old record stays where it was
+    # stratified dealing balances each label across splits, so new records can move old ones: here they do
+    assert any(second_dealt[rid] != split for rid, split in first_dealt.items())
+    labels = {r["record_id"]: r["label"] for r in catalog.query("SELECT record_id, label FROM records")}
+    for dealt in (first_dealt, second_dealt):  # and it does balance: 80% of every label in train, to one record
+        for label in LABELS:
+            mine = [split for rid, split in dealt.items() if labels[rid] == label]
+            assert abs(mine.count("train") - 0.8 * len(mine)) <= 1
