@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,7 +42,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-schema_app = typer.Typer(help="The JSON Schemas of Refinery's records and manifests.", no_args_is_help=True)
+schema_app = typer.Typer(
+    help="The JSON Schemas of Refinery's records and manifests and of its config files.", no_args_is_help=True
+)
 app.add_typer(schema_app, name="schema")
 
 _state: dict[str, Any] = {"workspace": None}
@@ -295,13 +299,31 @@ def _json_default(value: Any) -> Any:
 @schema_app.command("export")
 def schema_export(
     folder: Annotated[Path, typer.Argument(help="Folder to write *.schema.json into.")],
+    as_json: JsonOpt = False,
 ) -> None:
-    """Write JSON Schema files for the record, source row, batch and manifest models."""
+    """Write JSON Schema files: record, source row, batch and manifest models, and the config files of train,
+    eval, scan and snapshot create (every option with its default and help)."""
     with cli_errors():
         from refinery.schema_export import export_schemas
 
-        for path in export_schemas(folder):
+        written = export_schemas(folder)
+        if as_json:
+            emit_json({"folder": str(folder.resolve()), "files": [str(p.resolve()) for p in written]})
+            return
+        for path in written:
             stdout.print(f"wrote {path}")
+
+
+@contextlib.contextmanager
+def _console_to_stderr() -> Iterator[None]:
+    """Route what commands print with ``refinery.output.stdout`` (tables, progress notes) to stderr, so that with
+    --json the one JSON object is all stdout carries."""
+    previous = getattr(stdout, "_file", None)  # None: rich writes to whatever sys.stdout is at each print
+    stdout.file = sys.stderr
+    try:
+        yield
+    finally:
+        stdout.file = previous  # type: ignore[assignment]
 
 
 @app.command()
@@ -310,12 +332,21 @@ def demo(
     max_steps: Annotated[int, typer.Option(help="LoRA optimizer steps (CPU budget).")] = 80,
     eval_limit: Annotated[int | None, typer.Option(help="Evaluate at most this many test examples.")] = 150,
     base_model: Annotated[str | None, typer.Option(help="Base model (default SmolLM2-135M-Instruct).")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """The whole chain on a generated support-desk corpus: ingest, scan, snapshot, train, eval, lineage."""
     with cli_errors():
         from refinery.demo import run_demo
 
-        verdict = run_demo(_ws(), n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
+        ws = _ws()
+        with _console_to_stderr() if as_json else contextlib.nullcontext():
+            verdict = run_demo(ws, n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
+        if as_json:
+            rows = ws.catalog.query(
+                "SELECT eval_id, adapter_id, snapshot_id, verdict, reason FROM eval_verdicts "
+                "ORDER BY created_at DESC LIMIT 1"
+            )
+            emit_json({"workspace": str(ws.root), **(rows[0] if rows else {"verdict": verdict})})
         if verdict != "pass":
             raise typer.Exit(EXIT_FAILED)
 

@@ -125,6 +125,43 @@ def test_schema_export_writes_json_schemas(runner: CliRunner, tmp_path: Path) ->
     assert "messages" in record["properties"] and record["$id"].endswith("record.schema.json")
 
 
+def test_schema_export_json_and_the_config_schemas_hold_every_option_with_its_default(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    from curation.scan import CHECK_CONFIGS
+    from curation.snapshot import SnapshotPolicy
+    from eval.runner import EvalConfig
+    from training.config import TrainConfig
+
+    code, out, _ = _invoke(runner, tmp_path / "ws", "schema", "export", str(tmp_path / "schemas"), "--json")
+    assert code == 0
+    payload = json.loads(out)
+    files = {Path(f).name for f in payload["files"]}
+    assert payload["folder"] == str((tmp_path / "schemas").resolve())
+    assert files == {p.name for p in (tmp_path / "schemas").iterdir()}
+
+    def schema(name: str) -> dict:
+        assert f"{name}.schema.json" in files
+        loaded: dict = json.loads((tmp_path / "schemas" / f"{name}.schema.json").read_text())
+        return loaded
+
+    configs = {"train_config": TrainConfig, "eval_config": EvalConfig, "snapshot_policy": SnapshotPolicy}
+    for name, model in configs.items():
+        found = schema(name)
+        defaults = model().model_dump(mode="json")
+        assert set(found["properties"]) == set(defaults)  # every option, whatever options are added later
+        for field, prop in found["properties"].items():
+            assert prop["default"] == defaults[field], f"{name}.{field}"
+            referenced = found.get("$defs", {}).get(str(prop.get("$ref", "")).rsplit("/", 1)[-1], {})
+            assert prop.get("description") or referenced.get("description"), f"{name}.{field} has no help text"
+    assert schema("train_config")["properties"]["epochs"]["default"] == TrainConfig().epochs
+    scan = schema("scan_config")
+    assert set(scan["properties"]) == set(CHECK_CONFIGS) and scan["additionalProperties"] is False
+    near_dup = scan["$defs"]["NearDupConfig"]["properties"]
+    assert near_dup["threshold"]["default"] == 0.7 and near_dup["ngram"]["default"] == 5
+    assert scan["properties"]["near_dup"]["default"] is None  # a check not named keeps its own defaults
+
+
 def test_workspace_comes_from_the_environment(
     runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,3 +229,19 @@ def test_invalid_training_config_is_a_one_line_usage_error(runner: CliRunner, tm
     code, out, err = _invoke(runner, ws, "train", "--snapshot", snap["snapshot_id"], "--config", str(bad))
     assert code == 2 and out == ""
     assert "learning_rate" in err and "batch_size" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_json_is_one_object_on_stdout_naming_the_stored_verdict(
+    runner: CliRunner, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from refinery.workspace import open_workspace
+
+    ws = tmp_path / "ws"
+    args = ["demo", "--n-train", "400", "--max-steps", "2", "--eval-limit", "8", "--base-model", str(tiny_model_dir)]
+    code, out, err = _invoke(runner, ws, *args, "--json")
+    payload = json.loads(out)  # the whole of stdout is one JSON object: the step tables went to stderr
+    assert out.count("\n") == 1 and "step 8/8" in err and "gate verdict" in err
+    (run,) = open_workspace(ws).catalog.query("SELECT eval_id, adapter_id, snapshot_id, verdict, reason FROM eval_runs")
+    assert payload == {"workspace": str(ws.resolve()), **run}
+    assert code == (0 if run["verdict"] == "pass" else 1)
