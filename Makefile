@@ -1,5 +1,6 @@
-# Refinery: the commands a newcomer needs. `make demo` and `make test` work as the first command on a fresh
-# machine: they create .venv (torch pinned first, CPU build) when it is missing.
+# Refinery: the commands a newcomer needs. `make demo` and `make test-fast` work as the first command on a fresh
+# machine: they create .venv (torch pinned first, CPU build) when it is missing. `make test` also needs the Debian
+# packages of `system-deps` (installed by it when run as root).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +16,7 @@ help:
 	@echo "make demo      run the whole chain on a generated corpus (ingest -> gate verdict -> lineage)"
 	@echo "make system-deps  install the Debian packages tests need (chromium, chromium-driver, redis-server)"
 	@echo "make test      run the whole test suite (slow and real-model tests included)"
-	@echo "make test-fast the suite without slow tests"
+	@echo "make test-fast the suite without slow tests (no system packages, no root needed)"
 	@echo "make lint      ruff (lint + format check) and mypy"
 	@echo "make bench     run the benchmarks under benchmarks/"
 
@@ -46,7 +47,9 @@ review-server: $(ARGILLA_STAMP)
 
 install: $(STAMP) $(ARGILLA_STAMP)
 
-# Debian packages the tests use: headless Chromium (HTML report test, Argilla UI) and Redis (Argilla server).
+# Debian packages the slow tests use: headless Chromium (HTML report test, Argilla UI) and Redis (Argilla server;
+# without it the server runs an in-process substitute). Installed with apt-get when run as root; otherwise this
+# target names the missing packages and exits 1 (install them with sudo, or run `make test-fast`).
 SYSTEM_PACKAGES := chromium chromium-driver redis-server
 system-deps:
 	@missing=""; \
@@ -68,7 +71,8 @@ demo: $(STAMP)
 test: $(STAMP) system-deps $(ARGILLA_STAMP)
 	$(BIN)/pytest
 
-test-fast: $(STAMP) system-deps
+# no system packages needed: the tests that drive Chromium or start an Argilla server (Redis) are all marked slow
+test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
 lint: $(STAMP)
