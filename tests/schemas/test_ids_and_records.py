@@ -45,7 +45,7 @@ def test_prompt_and_response_text() -> None:
 
 def test_unknown_role_is_rejected() -> None:
     with pytest.raises(ValidationError, match="Input should be 'system', 'user', 'assistant' or 'tool'"):
-        Message(role="narrator", content="x")  # type: ignore[arg-type]
+        Message(role="narrator", content="x")
 
 
 def test_artifact_ids_are_deterministic_and_input_sensitive() -> None:
