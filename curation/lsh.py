@@ -53,17 +53,32 @@ def collision_probability(similarity: float, bands: int, rows: int) -> float:
     return float(1.0 - (1.0 - similarity**rows) ** bands)
 
 
+def _row_multipliers(rows: int) -> np.ndarray:
+    return np.array([m | 1 for m in splitmix64(0xBA4D_0001, rows)], dtype=np.uint64)
+
+
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     """A 64-bit key per text and band, ``(n, bands)``: equal keys mean (up to 2^-64) an equal band."""
     n, num_perm = signatures.shape
     if bands * rows > num_perm:
         raise ValueError(f"{bands} bands x {rows} rows needs {bands * rows} permutations, have {num_perm}")
-    multipliers = np.array([m | 1 for m in splitmix64(0xBA4D_0001, rows)], dtype=np.uint64)
+    multipliers = _row_multipliers(rows)
     keys = np.zeros((n, bands), dtype=np.uint64)
     for r in range(rows):
         column = signatures[:, r : bands * rows : rows][:, :bands].astype(np.uint64)
         keys += column * multipliers[r]
     return fmix64(keys)
+
+
+def band_key(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
+    """Column ``band`` of :func:`band_keys` alone: one band at a time keeps 8 bytes per text, not 8 per band."""
+    if (band + 1) * rows > signatures.shape[1]:
+        raise ValueError(f"band {band} of {rows} rows needs {(band + 1) * rows} permutations")
+    multipliers = _row_multipliers(rows)
+    key = np.zeros(signatures.shape[0], dtype=np.uint64)
+    for r in range(rows):
+        key += signatures[:, band * rows + r].astype(np.uint64) * multipliers[r]
+    return fmix64(key)
 
 
 def _bucket_pairs(keys: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:

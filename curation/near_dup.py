@@ -28,9 +28,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from curation.exact_dup import DuplicateCluster, KeepRank, rank_key
 from curation.lsh import candidate_pairs, collision_probability, optimal_params
 from curation.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
+from curation.near_dup_join import ArrayUnionFind, JoinPlan, JoinState, band_runs, join_clusters
 from curation.verify import ShingleSets, verify_pairs
 
 Scope = Literal["pair", "prompt", "response"]
+JoinMode = Literal["pairs", "clusters"]
 
 
 class NearDupConfig(BaseModel):
@@ -53,7 +55,26 @@ class NearDupConfig(BaseModel):
         le=1.0,
         description="Weight of the false-negative area; high because verification removes false positives.",
     )
-    bucket_window: int = Field(1000, ge=1, description="Most partners per text in one LSH bucket.")
+    bucket_window: int = Field(1000, ge=1, description="Most partners per text in one LSH bucket (pairs join).")
+    bucket_partners: int = Field(
+        4,
+        ge=0,
+        description="Clusters join: links of a text to the next texts of its LSH bucket per band (besides the "
+        "bucket's anchor), in an order drawn anew per band.",
+    )
+    bucket_completion: int = Field(
+        16,
+        ge=0,
+        description="Clusters join: a bucket whose pairs across clusters are at most this many per member is "
+        "verified completely (a family with a few stragglers; every bucket of up to 2x+1 texts).",
+    )
+    completion_budget: int = Field(
+        4_000_000,
+        ge=0,
+        description="Clusters join: pairs across clusters verified beyond that, in whole buckets, cheapest "
+        "first (about 8 s; covers every bucket of a corpus of some 20,000 records, so the result equals the "
+        "all-pairs join there).",
+    )
     prefilter_sigmas: float | None = Field(
         4.0,
         ge=0.0,
@@ -95,23 +116,6 @@ class NearDupResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        parent = self.parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def find_near_duplicates(
     record_ids: Sequence[str],
     texts: Sequence[str],
@@ -119,8 +123,15 @@ def find_near_duplicates(
     config: NearDupConfig | None = None,
     sketches: Sketches | None = None,
     prefix: str = "nd_",
+    *,
+    mode: JoinMode = "pairs",
 ) -> NearDupResult:
-    """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order)."""
+    """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order).
+
+    ``mode="pairs"`` verifies every candidate pair, so ``pairs`` holds every pair found above the threshold
+    (for checks that read pairs); ``mode="clusters"`` runs the linear join of :mod:`curation.near_dup_join`:
+    the clusters and similarities to the kept member, with ``pairs`` only the verified pairs that joined them.
+    """
     config = config or NearDupConfig()
     if len(record_ids) != len(texts):
         raise ValueError("record_ids and texts differ in length")
@@ -135,47 +146,80 @@ def find_near_duplicates(
     active = sketches.n_shingles > 0
     clock.append(time.perf_counter())
     bands, rows = config.band_params()
-    left, right = candidate_pairs(sketches.signatures, bands, rows, active, config.bucket_window)
-    n_candidates = len(left)
-    if config.prefilter_sigmas is not None and n_candidates:
+    margin = 0.0
+    if config.prefilter_sigmas is not None:
         margin = config.prefilter_sigmas * math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
-        keep = estimate_pairs(sketches.signatures, left, right) >= config.threshold - margin
-        left, right = left[keep], right[keep]
+    finder = ArrayUnionFind(len(ids))
+    if mode == "clusters":
+        runs = [band_runs(sketches.signatures, np.flatnonzero(active), band, rows) for band in range(bands)]
+        sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram)
+        floor = config.threshold - margin if config.prefilter_sigmas is not None else -1.0
+        state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)
+        clock.append(time.perf_counter())
+        plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_budget)
+        completion = join_clusters(state, runs, plan)
+        good_left, good_right, similarity = state.pairs()
+        counts = state.counts
+        stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
+        stats.update(
+            join="clusters",
+            joined_pairs=counts["joined"],
+            prefiltered_pairs=counts["prefiltered"],
+            jaccard_computed=counts["verified"],
+            **completion,
+        )
+    else:
+        left, right = candidate_pairs(sketches.signatures, bands, rows, active, config.bucket_window)
+        n_candidates = len(left)
+        if config.prefilter_sigmas is not None and n_candidates:
+            keep = estimate_pairs(sketches.signatures, left, right) >= config.threshold - margin
+            left, right = left[keep], right[keep]
+        clock.append(time.perf_counter())
+        good_left, good_right, similarity, sets = verify_pairs(texts, left, right, config.threshold, config.ngram)
+        finder.union(good_left, good_right)
+        stats = match_stats(config, bands, rows, n_candidates, len(left), len(similarity))
     clock.append(time.perf_counter())
-    good_left, good_right, similarity, sets = verify_pairs(texts, left, right, config.threshold, config.ngram)
-    verified = list(zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True))
+    nearest = _nearest(ids, good_left, good_right, similarity)
+    clusters = _clusters(ids, _groups(finder.parent), ranks, sets, prefix)
     clock.append(time.perf_counter())
-
-    finder = _UnionFind(len(ids))
-    for i, j, _ in verified:
-        finder.union(i, j)
-    nearest = _nearest(ids, verified)
-    groups: dict[int, list[int]] = {}
-    for member in sorted({k for a, b, _ in verified for k in (a, b)}):
-        groups.setdefault(finder.find(member), []).append(member)
-    clusters = _clusters(ids, list(groups.values()), ranks, sets, prefix)
-    clock.append(time.perf_counter())
-    stats = {
-        **match_stats(config, bands, rows, n_candidates, len(left), len(verified)),
-        "empty_texts": int((~active).sum()),
-        "stage_seconds": dict(
+    stats.update(
+        empty_texts=int((~active).sum()),
+        stage_seconds=dict(
             zip(("sketch", "candidates", "verify", "cluster"), np.diff(clock).round(3).tolist(), strict=True)
         ),
-    }
+    )
     empty = {ids[i] for i in np.flatnonzero(~active).tolist()}
-    pairs = [(ids[i], ids[j], s) for i, j, s in verified]
+    pairs = [
+        (ids[i], ids[j], s)
+        for i, j, s in zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True)
+    ]
     return NearDupResult(clusters, pairs, nearest, empty, stats)
 
 
-def _nearest(ids: list[str], verified: list[tuple[int, int, float]]) -> dict[str, Neighbour]:
+def _groups(roots: np.ndarray) -> list[list[int]]:
+    """The components of two or more rows, each as its sorted rows, in order of their smallest row."""
+    size = np.bincount(roots, minlength=len(roots))
+    members = np.flatnonzero(size[roots] >= 2)
+    if not len(members):
+        return []
+    members = members[np.argsort(roots[members], kind="stable")]
+    cuts = np.flatnonzero(np.diff(roots[members])) + 1
+    return [part.tolist() for part in np.split(members, cuts)]
+
+
+def _nearest(ids: list[str], left: np.ndarray, right: np.ndarray, similarity: np.ndarray) -> dict[str, Neighbour]:
     """Most similar verified neighbour of each record (ties: the smallest record id)."""
-    best: dict[int, tuple[float, int]] = {}
-    for i, j, similarity in verified:
-        for me, other in ((i, j), (j, i)):
-            current = best.get(me)
-            if current is None or similarity > current[0] or (similarity == current[0] and other < current[1]):
-                best[me] = (similarity, other)
-    return {ids[me]: Neighbour(ids[other], similarity) for me, (similarity, other) in best.items()}
+    me = np.concatenate([left, right])
+    other = np.concatenate([right, left])
+    score = np.concatenate([similarity, similarity])
+    order = np.lexsort((other, -score, me))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = me[order[1:]] != me[order[:-1]]
+    best = order[first]
+    return {
+        ids[m]: Neighbour(ids[o], s)
+        for m, o, s in zip(me[best].tolist(), other[best].tolist(), score[best].tolist(), strict=True)
+    }
 
 
 def _clusters(

@@ -1,23 +1,68 @@
 """Exact Jaccard similarity of many pairs of texts at once, on their shingle sets, with numpy.
 
 LSH candidates are only likely near-duplicates; every reported pair is verified here. The shingle hashes of
-the texts involved are re-computed (a stored signature does not keep them), reduced to dense ranks, and kept as
-one sorted array of ``(text << 32) | rank`` keys, deduplicated: each text's set is a contiguous run. The
-intersection of a pair is then one vectorised ``searchsorted`` of the left text's keys, re-labelled with the
-right text's index, into that array. No Python set is built, so memory stays at a few bytes per shingle.
+the texts involved are re-computed (a stored signature does not keep them) and kept per text as a sorted run
+of distinct 64-bit values, 8 bytes per shingle. No Python set is built.
+
+The intersection of a pair is counted by sorting: the two runs go side by side into one row of a matrix (padded
+with the largest value), every row is sorted at once (``ndarray.sort(axis=1)``, vectorised per row), and since
+neither run repeats a value, each value the two texts share is exactly one pair of equal neighbours. Pairs are
+grouped by length so that rows carry little padding. Measured on 75,000 pairs of 67-shingle texts: 1.8 us per
+pair, against 6 us (1.7M shingles in all) to 16 us (60M) for the earlier ``searchsorted`` of every shingle
+into one array of all texts' keys, whose random look-ups miss the cache once the corpus is large.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from curation.lsh import sorted_unique
 from curation.shingles import shingle_batch
 
-_LOW32 = np.uint64(0xFFFFFFFF)
-_PAIR_CHUNK = 1 << 21  # shingle look-ups per step: bounds the temporary arrays
+_PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+_CELLS = 1 << 21  # matrix cells per sorting step: bounds the temporary arrays (16 MB)
+
+
+def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + k) for s, k in zip(starts, lengths)])`` without a Python loop."""
+    total = int(lengths.sum())
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
+
+
+def _row_chunks(widths: np.ndarray) -> Iterator[np.ndarray]:
+    """Indices of rows, by increasing width, in chunks of at most ``_CELLS`` cells (a row of any width fits)."""
+    order = np.argsort(widths, kind="stable")
+    ordered = widths[order]
+    lo = 0
+    while lo < len(order):
+        small, big = lo + 1, len(order)  # the largest hi with ordered[hi - 1] * (hi - lo) <= _CELLS
+        while small < big:
+            mid = (small + big + 1) // 2
+            if int(ordered[mid - 1]) * (mid - lo) <= _CELLS:
+                small = mid
+            else:
+                big = mid - 1
+        yield order[lo:small]
+        lo = small
+
+
+def sorted_segments(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``values`` with each segment ``values[offsets[i]:offsets[i + 1]]`` sorted in place of it."""
+    lengths = np.diff(offsets)
+    out = values.copy()
+    for rows in _row_chunks(lengths):
+        width = int(lengths[rows].max()) if len(rows) else 0
+        if width < 2:
+            continue
+        matrix = np.full((len(rows), width), _PAD, dtype=np.uint64)
+        cells = _ragged(np.arange(len(rows)) * width, lengths[rows])
+        source = _ragged(offsets[rows], lengths[rows])
+        matrix.ravel()[cells] = values[source]
+        matrix.sort(axis=1)
+        out[source] = matrix.ravel()[cells]
+    return out
 
 
 class ShingleSets:
@@ -25,26 +70,30 @@ class ShingleSets:
 
     def __init__(self, texts: Sequence[str], positions: np.ndarray, ngram: int, batch_chars: int = 1 << 22) -> None:
         self.positions = sorted_unique(np.asarray(positions, dtype=np.int64))
-        hashes, local = [], []
+        runs: list[np.ndarray] = []
+        sizes: list[np.ndarray] = []
+        for lo, hi in self._batches(texts, batch_chars):
+            batch = shingle_batch([texts[i] for i in self.positions[lo:hi].tolist()], ngram)
+            values = sorted_segments(batch.hashes, batch.offsets)
+            distinct = np.ones(len(values), dtype=bool)
+            distinct[1:] = values[1:] != values[:-1]
+            distinct[batch.offsets[:-1][batch.counts > 0]] = True  # a text's first value is always new
+            owner = np.repeat(np.arange(hi - lo), batch.counts)
+            runs.append(values[distinct])
+            sizes.append(np.bincount(owner[distinct], minlength=hi - lo))
+        self.values = np.concatenate(runs) if runs else np.zeros(0, dtype=np.uint64)
+        self.sizes = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+
+    def _batches(self, texts: Sequence[str], batch_chars: int) -> Iterator[tuple[int, int]]:
+        lengths = np.fromiter((len(texts[i]) for i in self.positions.tolist()), dtype=np.int64)
+        ends = np.cumsum(lengths)
         lo = 0
         while lo < len(self.positions):
-            hi, size = lo, 0
-            while hi < len(self.positions) and (hi == lo or size + len(texts[self.positions[hi]]) < batch_chars):
-                size += len(texts[self.positions[hi]])
-                hi += 1
-            batch = shingle_batch([texts[i] for i in self.positions[lo:hi].tolist()], ngram)
-            hashes.append(batch.hashes)
-            local.append(np.repeat(np.arange(lo, hi, dtype=np.uint64), batch.counts))
+            before = ends[lo - 1] if lo else 0
+            hi = max(lo + 1, int(np.searchsorted(ends, before + batch_chars, side="left")))
+            yield lo, hi
             lo = hi
-        all_hashes = np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.uint64)
-        distinct = sorted_unique(all_hashes)
-        if len(distinct) > int(_LOW32):
-            raise ValueError("more than 2^32 distinct shingles among the texts to verify")
-        ranks = np.searchsorted(distinct, all_hashes).astype(np.uint64)
-        owners = np.concatenate(local) if local else np.zeros(0, dtype=np.uint64)
-        self.keys = sorted_unique((owners << np.uint64(32)) | ranks)
-        self.sizes = np.bincount((self.keys >> np.uint64(32)).astype(np.int64), minlength=len(self.positions))
-        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
 
     def _local(self, positions: np.ndarray) -> np.ndarray:
         local = np.searchsorted(self.positions, positions)
@@ -54,28 +103,27 @@ class ShingleSets:
 
     def jaccard(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         """|A & B| / |A | B| for each pair ``(texts[left[k]], texts[right[k]])``; 0.0 if either set is empty."""
-        a, b = self._local(np.asarray(left)), self._local(np.asarray(right))
-        out = np.zeros(len(a), dtype=np.float64)
-        sizes = self.sizes
-        lo = 0
-        while lo < len(a):
-            cum = np.cumsum(sizes[a[lo:]])
-            hi = lo + max(1, int(np.searchsorted(cum, _PAIR_CHUNK, side="right")))
-            out[lo:hi] = self._chunk(a[lo:hi], b[lo:hi])
-            lo = hi
-        return out
-
-    def _chunk(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        counts = self.sizes[a]
-        total = int(counts.sum())
-        first = np.cumsum(counts) - counts
-        elements = np.repeat(self.starts[a], counts) + (np.arange(total) - np.repeat(first, counts))
-        queries = (np.repeat(b, counts).astype(np.uint64) << np.uint64(32)) | (self.keys[elements] & _LOW32)
-        found = np.searchsorted(self.keys, queries)
-        hit = self.keys[np.minimum(found, len(self.keys) - 1)] == queries
-        inter = np.bincount(np.repeat(np.arange(len(a)), counts), weights=hit, minlength=len(a))
-        union = counts + self.sizes[b] - inter
-        return np.divide(inter, union, out=np.zeros(len(a)), where=(counts > 0) & (self.sizes[b] > 0))
+        a, b = self._local(np.asarray(left, dtype=np.int64)), self._local(np.asarray(right, dtype=np.int64))
+        size_a, size_b = self.sizes[a], self.sizes[b]
+        widths = size_a + size_b
+        inter = np.zeros(len(a), dtype=np.int64)
+        for rows in _row_chunks(widths):
+            width = int(widths[rows].max()) if len(rows) else 0
+            if width < 2:
+                continue
+            matrix = np.full((len(rows), width), _PAD, dtype=np.uint64)
+            flat = matrix.ravel()
+            row_start = np.arange(len(rows), dtype=np.int64) * width
+            flat[_ragged(row_start, size_a[rows])] = self.values[_ragged(self.starts[a[rows]], size_a[rows])]
+            flat[_ragged(row_start + size_a[rows], size_b[rows])] = self.values[
+                _ragged(self.starts[b[rows]], size_b[rows])
+            ]
+            matrix.sort(axis=1)
+            equal = matrix[:, 1:] == matrix[:, :-1]
+            equal &= np.arange(width - 1)[None, :] < (widths[rows] - 1)[:, None]  # padding is not shared
+            inter[rows] = equal.sum(axis=1)
+        union = widths - inter
+        return np.divide(inter, union, out=np.zeros(len(a)), where=(size_a > 0) & (size_b > 0))
 
 
 def verify_pairs(

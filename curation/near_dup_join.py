@@ -1,0 +1,279 @@
+"""Near-duplicate clusters in time linear in the LSH bucket sizes: sparse candidates, verified until joined.
+
+Emitting every pair of an LSH bucket is quadratic in its size, and real corpora have big buckets: templated
+prompts, one tool description in thousands of rows, pages scraped many times with small edits. On 50,000
+records of such families (``benchmarks/bench_b2_families.py``) the all-pairs join emitted 28M candidate pairs
+and verified 9.4M of them, most between records that other pairs had already put in one cluster.
+
+A cluster stays what it was: a connected component of the pairs of records that share an LSH band and whose
+exact Jaccard reaches the threshold. What changes is which pairs are looked at (:func:`join_clusters`):
+
+1. **Anchor links**, every band: each member of a bucket is linked to the bucket's anchor, its first member in
+   an order drawn anew per band. A family close to its anchor joins with one verification per member.
+2. **Neighbour links**, every band: each member to its next ``partners`` members in that order, so a big
+   family gets many independent chances to connect, whatever its anchors were.
+3. **Completion**: in each bucket, the pairs whose records are still in different clusters. A bucket where
+   they are at most ``bucket_completion`` per member (a family with a few stragglers; every bucket of up to
+   ``2 * bucket_completion + 1`` texts) gets all of them, so it is joined exactly as if every pair were
+   verified. The other buckets (one template shared by many unrelated texts) get them too, cheapest bucket
+   first, while the total stays within ``completion_budget`` pairs: on a corpus of some 20,000 records that
+   covers every bucket and the result equals the all-pairs join; on a large one the most mixed buckets keep
+   only their sampled links (steps 1 and 2), and that is the only place a link can be lost.
+
+Every candidate goes through :class:`JoinState`: a pair whose records are already in one cluster cannot change
+the clusters and is not verified (the union-find answers it), the rest are taken in order of their MinHash
+estimate, a few per pair of clusters per round, and the pairs that pass are joined before the next round.
+Skipping joined pairs loses nothing; it changes which pairs are verified, so a record's most similar verified
+neighbour is the most similar among the pairs verified. The kept member's similarities are computed afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from curation.lsh import band_key, sorted_unique
+from curation.minhash import estimate_pairs
+from curation.shingles import fmix64
+
+_SALT = np.uint64(0x5EED_0F_BA4D)
+_GOLDEN = np.uint64(0x9E37_79B9_7F4A_7C15)
+_CHUNK_PAIRS = 1 << 22  # candidate pairs offered at once: bounds the temporary arrays
+
+
+class ArrayUnionFind:
+    """Union-find over ``0..n-1`` as one numpy array, kept fully compressed: ``parent[i]`` is ``i``'s root.
+
+    Roots are the smallest index of their component, so the result does not depend on the order of unions.
+    Unions come in batches: each round hooks every root to the smallest root it has an edge to (always to a
+    smaller index, so no cycle can form), then pointer jumping flattens the array again.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+
+    def roots(self, items: np.ndarray) -> np.ndarray:
+        return self.parent[items]
+
+    def union(self, left: np.ndarray, right: np.ndarray) -> None:
+        while len(left):
+            a, b = self.parent[left], self.parent[right]
+            apart = a != b
+            if not apart.any():
+                return
+            left, right, a, b = left[apart], right[apart], a[apart], b[apart]
+            np.minimum.at(self.parent, np.maximum(a, b), np.minimum(a, b))
+            parent = self.parent
+            while True:
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
+            self.parent = parent
+
+
+def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``concatenate([arange(s, s + k) for s, k in zip(starts, lengths)])`` without a Python loop."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
+@dataclass(frozen=True)
+class BandRuns:
+    """The shared buckets of one band: ``members[starts[k]:starts[k + 1]]`` is bucket ``k`` in its band order."""
+
+    members: np.ndarray  # int64 row indices
+    starts: np.ndarray  # int64, one more than the buckets
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.starts)
+
+
+def band_runs(signatures: np.ndarray, index: np.ndarray, band: int, rows: int) -> BandRuns:
+    """Buckets of two or more of the rows ``index`` in ``band``; members in an order drawn anew per band."""
+    keys = band_key(signatures[index], band, rows)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    new_run = np.ones(len(order), dtype=bool)
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
+    run_id = np.cumsum(new_run) - 1
+    shared = np.bincount(run_id)[run_id] >= 2
+    members, run_id = index[order[shared]], run_id[shared]
+    if not len(members):
+        return BandRuns(members, np.zeros(1, dtype=np.int64))
+    first = np.ones(len(members), dtype=bool)
+    first[1:] = run_id[1:] != run_id[:-1]
+    dense = (np.cumsum(first) - 1).astype(np.uint64)
+    draw = fmix64(members.astype(np.uint64) * _GOLDEN + _SALT + np.uint64(band)) >> np.uint64(32)
+    members = members[np.argsort((dense << np.uint64(32)) | draw)]
+    return BandRuns(members, np.append(np.flatnonzero(first), len(members)).astype(np.int64))
+
+
+def anchor_links(runs: BandRuns) -> tuple[np.ndarray, np.ndarray]:
+    """Each member of a bucket with the bucket's first member."""
+    lengths = runs.lengths
+    start_of = np.repeat(runs.starts[:-1], lengths)
+    later = np.arange(len(runs.members)) > start_of
+    return runs.members[start_of[later]], runs.members[later]
+
+
+def neighbour_links(runs: BandRuns, partners: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each member with the next ``partners`` members of its bucket (the anchor's first one is an anchor link)."""
+    lengths = runs.lengths
+    position = np.arange(len(runs.members)) - np.repeat(runs.starts[:-1], lengths)
+    count = np.minimum(np.repeat(lengths, lengths) - position - 1, partners)
+    skip = (position == 0).astype(np.int64)
+    count = np.maximum(count - skip, 0)
+    left = np.repeat(np.arange(len(runs.members)), count)
+    right = _ragged(np.arange(len(runs.members)) + 1 + skip, count)
+    return runs.members[left], runs.members[right]
+
+
+def _root_groups(runs: BandRuns, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Members sorted by (bucket, root): the order, each one's bucket, and the start and size of each group."""
+    bucket = np.repeat(np.arange(len(runs.lengths)), runs.lengths)
+    order = np.lexsort((roots, bucket))
+    bucket, roots = bucket[order], roots[order]
+    new_group = np.ones(len(order), dtype=bool)
+    new_group[1:] = (bucket[1:] != bucket[:-1]) | (roots[1:] != roots[:-1])
+    group_start = np.flatnonzero(new_group)
+    return order, bucket, group_start, np.diff(np.append(group_start, len(order)))
+
+
+def cross_cost(runs: BandRuns, roots: np.ndarray) -> np.ndarray:
+    """Per bucket, how many of its pairs have their records in different clusters."""
+    lengths = runs.lengths
+    if not len(lengths):
+        return lengths
+    _, bucket, group_start, group_size = _root_groups(runs, roots)
+    same = np.bincount(bucket[group_start], weights=group_size.astype(np.float64) ** 2, minlength=len(lengths))
+    return (lengths**2 - np.rint(same).astype(np.int64)) // 2
+
+
+def cross_links(runs: BandRuns, roots: np.ndarray, chosen: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every pair of records in different clusters in the ``chosen`` buckets, in chunks of whole members."""
+    order, bucket, group_start, group_size = _root_groups(runs, roots)
+    group_end = np.repeat(group_start + group_size, group_size)
+    bucket_end = runs.starts[1:][bucket]  # sorting kept each bucket at its place, so its end is unchanged
+    count = np.where(chosen[bucket], bucket_end - group_end, 0)
+    ends = np.cumsum(count)
+    lo = 0
+    while lo < len(count):
+        hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + _CHUNK_PAIRS, side="right")))
+        part = count[lo:hi]
+        left = np.repeat(np.arange(lo, hi), part)
+        right = _ragged(group_end[lo:hi], part)
+        yield runs.members[order[left]], runs.members[order[right]]
+        lo = hi
+
+
+@dataclass
+class JoinState:
+    """Union-find plus the verified pairs and the counts each stage removed."""
+
+    finder: ArrayUnionFind
+    signatures: np.ndarray
+    floor: float  # candidates whose MinHash estimate is below this are not verified
+    threshold: float
+    jaccard: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    good: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("candidates", "joined", "prefiltered", "verified", "good"), 0)
+    )
+
+    def offer(self, left: np.ndarray, right: np.ndarray) -> None:
+        """Verify the candidate pairs that could still join two clusters, and join those that pass."""
+        self.counts["candidates"] += len(left)
+        left, right = self._apart(left, right)
+        if not len(left):
+            return
+        n = len(self.finder.parent)
+        code = sorted_unique(np.minimum(left, right) * n + np.maximum(left, right))
+        left, right = code // n, code % n
+        estimate = estimate_pairs(self.signatures, left, right)
+        keep = estimate >= self.floor
+        self.counts["prefiltered"] += int((~keep).sum())
+        by_estimate = np.argsort(-estimate[keep], kind="stable")
+        left, right = left[keep][by_estimate], right[keep][by_estimate]
+        for batch_left, batch_right in self._rounds(left, right):
+            similarity = self.jaccard(batch_left, batch_right)
+            self.counts["verified"] += len(similarity)
+            passed = similarity >= self.threshold
+            if passed.any():
+                self.good.append((batch_left[passed], batch_right[passed], similarity[passed]))
+                self.counts["good"] += int(passed.sum())
+                self.finder.union(batch_left[passed], batch_right[passed])
+
+    def _apart(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        apart = self.finder.roots(left) != self.finder.roots(right)
+        self.counts["joined"] += int(len(apart) - apart.sum())
+        return left[apart], right[apart]
+
+    def _rounds(self, left: np.ndarray, right: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches to verify: per pair of clusters, its best 1, then 2, 4, ... remaining candidates."""
+        allowance = 1
+        n = len(self.finder.parent)
+        while len(left):
+            if allowance > 1:
+                left, right = self._apart(left, right)
+            a, b = self.finder.roots(left), self.finder.roots(right)
+            group = np.minimum(a, b) * n + np.maximum(a, b)
+            order = np.argsort(group, kind="stable")  # stable: best estimate first within a group
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = group[order[1:]] != group[order[:-1]]
+            position = np.arange(len(order))
+            rank = position - np.maximum.accumulate(np.where(first, position, 0))
+            now = np.zeros(len(order), dtype=bool)
+            now[order[rank < allowance]] = True
+            yield left[now], right[now]
+            left, right = left[~now], right[~now]
+            allowance *= 2
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The verified pairs at or above the threshold: (left, right, similarity), left < right."""
+        if not self.good:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(0, dtype=np.float64)
+        left, right, similarity = (np.concatenate(parts) for parts in zip(*self.good, strict=True))
+        return np.minimum(left, right), np.maximum(left, right), similarity
+
+
+@dataclass(frozen=True)
+class JoinPlan:
+    """How hard :func:`join_clusters` looks (the ``NearDupConfig`` fields of the same names)."""
+
+    partners: int
+    bucket_completion: int
+    completion_budget: int
+
+
+def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dict[str, int]:
+    """Steps 1-3 of the module docstring over the bands' buckets; returns the completion counts."""
+    for band in runs:
+        state.offer(*anchor_links(band))
+    for band in runs:
+        state.offer(*neighbour_links(band, plan.partners))
+    costs = [cross_cost(band, state.finder.roots(band.members)) for band in runs]
+    local = [
+        (cost > 0) & (cost <= plan.bucket_completion * band.lengths) for cost, band in zip(costs, runs, strict=True)
+    ]
+    rest = np.concatenate(
+        [np.where(near, 0, cost) for near, cost in zip(local, costs, strict=True)] or [np.zeros(0, np.int64)]
+    )
+    by_cost = np.argsort(rest, kind="stable")
+    spent = np.cumsum(rest[by_cost])
+    extra = np.zeros(len(rest), dtype=bool)
+    extra[by_cost[(spent <= plan.completion_budget) & (rest[by_cost] > 0)]] = True
+    at = 0
+    for band, near in zip(runs, local, strict=True):
+        chosen = near | extra[at : at + len(near)]
+        at += len(near)
+        if chosen.any():
+            for left, right in cross_links(band, state.finder.roots(band.members), chosen):
+                state.offer(left, right)
+    return {
+        "completed_buckets": int(sum(int(near.sum()) for near in local) + extra.sum()),
+        "mixed_buckets_sampled": int(((rest > 0) & ~extra).sum()),
+    }
