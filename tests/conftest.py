@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.require import require_path
-from tests.support.tiny_model import build_tiny_model
+from tests.support.tiny_model import build_tiny_model, scale_embeddings
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -21,6 +21,12 @@ def _quiet_progress(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def trainable_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with its embeddings scaled by 6, so a few dozen LoRA steps learn a task for real."""
+    return scale_embeddings(tiny_model_dir, tmp_path_factory.mktemp("trainable-tiny"))
 
 
 @pytest.fixture

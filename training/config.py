@@ -55,6 +55,13 @@ class RehearsalSpec(BaseModel):
         description="Fraction of the mixed training set that is general conversations (0 turns rehearsal off). "
         "0.1: measured in docs/EVAL.md against the general-capability check and task accuracy.",
     )
+    weighting: Literal["example", "token"] = Field(
+        default="example",
+        description="example: each general conversation weighs in the loss like an average task example, whatever "
+        "its length (its tokens' loss is scaled down), so share is also the general conversations' share of the "
+        "gradient. token: every assistant token weighs the same (a 150-token general answer then outweighs "
+        "dozens of label answers).",
+    )
     path: str | None = Field(
         default=None,
         description='JSONL of general conversations ({"messages": [...]} ending with an assistant turn); default: '

@@ -33,10 +33,15 @@ class TokenizedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    weight: float = 1.0  # multiplies the loss of each of its label tokens (rehearsal conversations: below 1)
 
     @property
     def num_label_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+    @property
+    def weighted_label_tokens(self) -> float:
+        return self.weight * self.num_label_tokens
 
 
 @dataclass
@@ -172,7 +177,11 @@ class PaddingCollator:
             input_ids[row, :n] = torch.tensor(example.input_ids, dtype=torch.long)
             labels[row, :n] = torch.tensor(example.labels, dtype=torch.long)
             attention[row, :n] = 1
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        tensors = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        if any(example.weight != 1.0 for example in batch):  # per-position loss weights (training/loss.py)
+            weights = torch.tensor([[example.weight] for example in batch], dtype=torch.float32)
+            tensors["label_weights"] = weights.expand(len(batch), width) * (labels != IGNORE_INDEX)
+        return tensors
 
 
 class LengthGroupedBatchSampler:

@@ -42,8 +42,9 @@ def token_loss(model: Any, batch: dict[str, Any], sparse: bool = True) -> tuple[
     """Summed cross-entropy over the label tokens of a right-padded batch, and how many tokens that is.
 
     ``batch`` holds ``input_ids``, ``attention_mask`` and ``labels`` (``IGNORE_INDEX`` where no loss is wanted),
-    as :class:`training.formatting.PaddingCollator` makes them. ``sparse=False`` computes the logits at every
-    position (the reference the sparse path is tested against).
+    as :class:`training.formatting.PaddingCollator` makes them, and optionally ``label_weights`` (a float per
+    position multiplying that token's loss). ``sparse=False`` computes the logits at every position (the reference
+    the sparse path is tested against). The count is of label tokens, unweighted.
     """
     import torch
 
@@ -60,7 +61,14 @@ def token_loss(model: Any, batch: dict[str, Any], sparse: bool = True) -> tuple[
         hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         flat_logits = head(hidden.last_hidden_state[:, :-1][mask])  # (label tokens, vocabulary)
         flat_labels = labels[mask]
-    loss = torch.nn.functional.cross_entropy(
-        flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    weights = batch.get("label_weights")
+    if weights is None:
+        loss = torch.nn.functional.cross_entropy(
+            flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return loss, count
+    per_token = torch.nn.functional.cross_entropy(
+        flat_logits.float(), flat_labels, ignore_index=IGNORE_INDEX, reduction="none"
     )
-    return loss, count
+    flat_weights = weights[:, 1:].reshape(-1) if parts is None else weights[:, 1:][mask]
+    return (per_token * flat_weights).sum(), count

@@ -38,7 +38,7 @@ from training.formatting import (
     format_conversations,
 )
 from training.loss import token_loss
-from training.rehearsal import mix_rehearsal
+from training.rehearsal import draw_rehearsal
 
 Conversation = list[dict[str, str]]
 LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
@@ -105,7 +105,8 @@ def train_lora(
     """Train a LoRA adapter on ``train`` and save the one with the best ``validation`` loss to ``out_dir``.
 
     ``train`` is the task's conversations; the configured share of general conversations is mixed in
-    (training/rehearsal.py) and the result says how many. ``validation`` stays task-only: it picks the adapter.
+    (training/rehearsal.py), each weighing like an average task example, and the result says how many.
+    ``validation`` stays task-only: it picks the adapter.
 
     ``out_dir`` must not exist; it appears complete (adapter_model.safetensors, adapter_config.json,
     curves.json, curves.png) or not at all. With ``checkpoint_dir``, a checkpoint is written every
@@ -130,9 +131,9 @@ def _train_and_save(
 ) -> TrainResult:
     base_path = base.path if isinstance(base, BaseModel) else Path(base)
     trust = config.trust_remote_code or (isinstance(base, BaseModel) and base.trust_remote_code)
-    train, mix = mix_rehearsal(train, config.rehearsal.share, config.seed, config.rehearsal.path)
-    run = _setup(base_path, trust, train, validation, config)
-    fingerprint = _fingerprint(base, train, validation, config)
+    general, mix = draw_rehearsal(len(train), config.rehearsal.share, config.seed, config.rehearsal.path)
+    run = _setup(base_path, trust, train, general, validation, config)
+    fingerprint = _fingerprint(base, train + general, validation, config)
     state = ckpt.LoopState(fingerprint=fingerprint)
     best_adapter: dict[str, Any] | None = None
     if checkpoint_dir is not None and (latest := ckpt.latest_checkpoint(checkpoint_dir)) is not None:
@@ -162,7 +163,12 @@ def _train_and_save(
 
 
 def _setup(
-    base_path: Path, trust: bool, train: list[Conversation], validation: list[Conversation], config: TrainConfig
+    base_path: Path,
+    trust: bool,
+    train: list[Conversation],
+    general: list[Conversation],
+    validation: list[Conversation],
+    config: TrainConfig,
 ) -> _Run:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -179,6 +185,7 @@ def _setup(
     val_set = format_conversations(tokenizer, validation, **fmt)  # type: ignore[arg-type]
     if not train_set.examples:
         raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
+    _add_rehearsal(train_set, format_conversations(tokenizer, general, **fmt), config)  # type: ignore[arg-type]
 
     load: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust}
     if quantization is not None:
@@ -200,7 +207,7 @@ def _setup(
         group_by_length=config.group_by_length,
     )
     steps_per_epoch = math.ceil(len(sampler) / config.grad_accum)
-    mean_step_label_tokens = sum(e.num_label_tokens for e in train_set.examples) / max(steps_per_epoch, 1)
+    mean_step_label_tokens = sum(e.weighted_label_tokens for e in train_set.examples) / max(steps_per_epoch, 1)
     total_steps = config.max_steps or config.epochs * steps_per_epoch
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -224,6 +231,18 @@ def _setup(
         tokenizer=tokenizer,
         mean_step_label_tokens=mean_step_label_tokens,
     )
+
+
+def _add_rehearsal(train_set: FormattedSet, general: FormattedSet, config: TrainConfig) -> None:
+    """Append the general conversations to the task's, each weighing like an average task example by default."""
+    if config.rehearsal.weighting == "example" and general.examples:
+        mean_task_tokens = sum(e.num_label_tokens for e in train_set.examples) / len(train_set.examples)
+        for example in general.examples:
+            example.weight = mean_task_tokens / max(example.num_label_tokens, 1)
+    train_set.examples.extend(general.examples)
+    train_set.truncated += general.truncated
+    for reason, count in general.dropped.items():
+        train_set.dropped[f"rehearsal_{reason}"] += count
 
 
 def _base_dtype(precision: str, cuda: bool) -> Any:
@@ -377,8 +396,8 @@ def _optimizer_step(run: _Run, micro_batches: list[list[TokenizedExample]], conf
     """One optimizer step over ``micro_batches``; returns (mean assistant-token loss, real tokens)."""
     import torch
 
-    label_tokens = sum(e.num_label_tokens for batch in micro_batches for e in batch)
-    divisor = max(label_tokens, 1) if config.loss_normalization == "step" else max(run.mean_step_label_tokens, 1.0)
+    label_tokens = sum(e.weighted_label_tokens for batch in micro_batches for e in batch)
+    divisor = max(label_tokens, 1e-9) if config.loss_normalization == "step" else max(run.mean_step_label_tokens, 1.0)
     total_loss = 0.0
     real_tokens = 0
     for batch in micro_batches:
@@ -393,7 +412,7 @@ def _optimizer_step(run: _Run, micro_batches: list[list[TokenizedExample]], conf
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return total_loss / max(label_tokens, 1), real_tokens
+    return total_loss / max(label_tokens, 1e-9), real_tokens
 
 
 def validation_loss(model: Any, examples: list[TokenizedExample], collator: PaddingCollator, batch_size: int) -> float:

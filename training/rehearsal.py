@@ -10,6 +10,11 @@ license and the script that made it), disjoint from the general-capability check
 ``share`` is the fraction of the mixed training set that is general: n_general = round(share * n_task / (1 - share)).
 When that exceeds the set, conversations repeat (each full pass a fresh seeded shuffle), and the result says how
 many were unique. The adapter's manifest records the share, the counts and the set's SHA-256.
+
+Each general conversation weighs like an average task example in the loss (``weighting: example``), whatever its
+length: a general answer holds about 150 tokens against a label's 4, so with plain per-token weighting one general
+conversation in a batch of eight outweighs the seven task examples together, and at a 0.1 share most steps would
+train mostly on general text (on the tiny test model the task was not learned at all that way).
 """
 
 from __future__ import annotations
@@ -112,13 +117,13 @@ def general_count(share: float, task_conversations: int) -> int:
     return round(share * task_conversations / (1 - share))
 
 
-def mix_rehearsal(
-    train: list[Conversation], share: float, seed: int, path: Path | str | None = None
+def draw_rehearsal(
+    task_conversations: int, share: float, seed: int, path: Path | str | None = None
 ) -> tuple[list[Conversation], RehearsalMix]:
-    """``train`` followed by the general conversations that make up ``share`` of the result (seeded draw)."""
-    wanted = general_count(share, len(train))
+    """The general conversations that make up ``share`` of a set with ``task_conversations`` task ones (seeded)."""
+    wanted = general_count(share, task_conversations)
     if wanted == 0:
-        return list(train), RehearsalMix(share, len(train), 0, 0, "none", None)
+        return [], RehearsalMix(share, task_conversations, 0, 0, "none", None)
     pool, name, digest = load_rehearsal_set(path)
     rng = random.Random(f"rehearsal:{seed}")
     drawn: list[Conversation] = []
@@ -126,5 +131,4 @@ def mix_rehearsal(
         order = list(range(len(pool)))
         rng.shuffle(order)
         drawn.extend(pool[i] for i in order[: wanted - len(drawn)])
-    unique = min(wanted, len(pool))
-    return [*train, *drawn], RehearsalMix(share, len(train), wanted, unique, name, digest)
+    return drawn, RehearsalMix(share, task_conversations, wanted, min(wanted, len(pool)), name, digest)

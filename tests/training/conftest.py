@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 
 PAIRS = {"apple": "refund_request", "card": "card_lost", "password": "password_reset", "parcel": "delivery_status"}
@@ -12,27 +9,6 @@ PAIRS = {"apple": "refund_request", "card": "card_lost", "password": "password_r
 
 def conversation(word: str, label: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": word}, {"role": "assistant", "content": label}]
-
-
-@pytest.fixture(scope="session")
-def trainable_tiny_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared tiny model with its (tied) embeddings scaled by 6.
-
-    At the default init (std 0.02, hidden 64) the largest logit gap a frozen lm_head allows is about 1, so
-    LoRA cannot move the loss far below ln(vocab); scaled embeddings let a few dozen steps show real learning.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    folder = tmp_path_factory.mktemp("trainable-tiny")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    with torch.no_grad():
-        model.get_input_embeddings().weight.mul_(6.0)
-    model.save_pretrained(folder, safe_serialization=True)
-    for file in tiny_model_dir.iterdir():
-        if file.name.startswith(("tokenizer", "special_tokens", "chat_template")):
-            shutil.copy(file, folder / file.name)
-    return folder
 
 
 @pytest.fixture(scope="session")

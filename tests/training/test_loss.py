@@ -100,3 +100,31 @@ def test_a_batch_without_label_tokens_gives_a_differentiable_zero(tiny_model_dir
     loss, count = token_loss(model, batch)
     loss.backward()
     assert count == 0 and loss.item() == 0.0
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_label_weights_scale_each_examples_token_losses(tiny_model_dir, tmp_path, sparse) -> None:
+    """A rehearsal conversation's weight multiplies the loss of each of its label tokens, nothing else."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    model, _ = _lora_model_and_batch(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    examples = format_conversations(tokenizer, CONVERSATIONS).examples
+    collate = PaddingCollator(tokenizer.pad_token_id)
+    plain = collate(examples)
+    assert "label_weights" not in plain  # all weights 1: the usual batch
+    per_example = [token_loss(model, collate([e]), sparse=sparse)[0].item() for e in examples]
+    examples[2].weight = 0.25
+    weighted = collate(examples)
+    assert weighted["label_weights"][2].max().item() == 0.25 and weighted["label_weights"][0].max().item() == 1.0
+    with torch.no_grad():
+        loss, count = token_loss(model, weighted, sparse=sparse)
+    assert count == sum(e.num_label_tokens for e in examples)  # the count stays unweighted
+    expected = per_example[0] + per_example[1] + 0.25 * per_example[2]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert examples[2].weighted_label_tokens == pytest.approx(0.25 * examples[2].num_label_tokens)

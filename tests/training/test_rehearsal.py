@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import conversation
 from training.config import TrainConfig, load_train_config
 from training.recipe import train_lora
 from training.rehearsal import (
     SHIPPED_SHA256,
     RehearsalSetError,
+    draw_rehearsal,
     general_count,
     load_rehearsal_set,
-    mix_rehearsal,
 )
 
 
@@ -60,20 +59,17 @@ def test_the_share_is_of_the_mixed_set() -> None:
         general_count(1.0, 10)
 
 
-def test_mixing_is_seeded_and_repeats_only_after_a_full_pass() -> None:
-    task = [conversation(f"q{i}", "label") for i in range(3600)]  # 0.1 share: 400 general, more than the 300
-    mixed, mix = mix_rehearsal(task, 0.1, seed=0)
-    again, _ = mix_rehearsal(task, 0.1, seed=0)
-    other, _ = mix_rehearsal(task, 0.1, seed=1)
-    assert mixed == again and mixed != other
-    assert mixed[:3600] == task and len(mixed) == 4000
-    general = mixed[3600:]
+def test_the_draw_is_seeded_and_repeats_only_after_a_full_pass() -> None:
+    general, mix = draw_rehearsal(3600, 0.1, seed=0)  # 0.1 share of 4,000: 400 general, more than the 300
+    again, _ = draw_rehearsal(3600, 0.1, seed=0)
+    other, _ = draw_rehearsal(3600, 0.1, seed=1)
+    assert general == again and general != other and len(general) == 400
     first_pass = [json.dumps(c) for c in general[:300]]
     assert len(set(first_pass)) == 300  # every shipped conversation once before any repeats
     assert mix.general_conversations == 400 and mix.unique_general == 300 and mix.task_conversations == 3600
     assert mix.sha256 == SHIPPED_SHA256 and mix.source == "refinery:rehearsal.jsonl"
-    unchanged, none = mix_rehearsal(task, 0.0, seed=0)
-    assert unchanged == task and none.general_conversations == 0 and none.sha256 is None
+    none, off = draw_rehearsal(5000, 0.0, seed=0)
+    assert none == [] and off.general_conversations == 0 and off.sha256 is None
 
 
 def test_the_config_carries_rehearsal_with_a_default_share() -> None:
@@ -107,3 +103,23 @@ def test_a_run_trains_on_the_mix_and_records_it(trainable_tiny_dir: Path, toy_ta
     assert result.rehearsal["source"] == str(own) and result.rehearsal["task_conversations"] == 32
     curves = json.loads((tmp_path / "adapter" / "curves.json").read_text())
     assert curves["summary"]["rehearsal"]["share"] == 0.2
+
+
+def test_each_general_conversation_weighs_like_an_average_task_example() -> None:
+    from training.formatting import FormattedSet, TokenizedExample
+    from training.recipe import _add_rehearsal
+
+    def example(label_tokens: int) -> TokenizedExample:
+        return TokenizedExample(input_ids=[1] * (label_tokens + 5), labels=[-100] * 5 + [2] * label_tokens)
+
+    task = FormattedSet(examples=[example(3), example(5)])  # 4 label tokens on average
+    general = FormattedSet(examples=[example(100), example(40)])
+    general.dropped["too_long"] += 1
+    _add_rehearsal(task, general, TrainConfig())
+    assert [e.weighted_label_tokens for e in task.examples] == pytest.approx([3, 5, 4, 4])
+    assert task.dropped == {"rehearsal_too_long": 1}
+    tokens = FormattedSet(examples=[example(3)])
+    _add_rehearsal(
+        tokens, FormattedSet(examples=[example(100)]), load_train_config({"rehearsal": {"weighting": "token"}})
+    )
+    assert [e.weight for e in tokens.examples] == [1.0, 1.0]
