@@ -8,6 +8,7 @@ behind, and the rerun sketches the rest without writing any row twice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from curation.minhash import MinHasher, MinHashParams, Sketches, from_bytes
+from curation.shingles import ShingleBatch
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json, sha256_text
 
@@ -84,6 +86,12 @@ def save_signatures(
         con.unregister("new_signatures")
 
 
+def _forward(
+    on_shingles: Callable[[np.ndarray, ShingleBatch], Any], chunk: np.ndarray, lo: int, hi: int, batch: ShingleBatch
+) -> None:
+    on_shingles(chunk[lo:hi], batch)
+
+
 def signatures_for(
     catalog: Catalog | None,
     record_ids: Sequence[str],
@@ -91,17 +99,26 @@ def signatures_for(
     params: MinHashParams,
     scope: str,
     on_chunk: Callable[[int], Any] | None = None,
+    on_shingles: Callable[[np.ndarray, ShingleBatch], Any] | None = None,
 ) -> SignatureLookup:
-    """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog)."""
+    """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog).
+
+    ``on_shingles(positions, batch)`` sees the shingles of the records sketched here (``positions`` index
+    ``record_ids``), so a caller can keep their sets instead of shingling the texts again.
+    """
     hasher = MinHasher(params)
     if catalog is None:
-        return SignatureLookup(hasher.sketch(texts), len(texts), 0)
+        hook = None if on_shingles is None else lambda lo, hi, batch: on_shingles(np.arange(lo, hi), batch)
+        return SignatureLookup(hasher.sketch(texts, on_batch=hook), len(texts), 0)
     key = params_hash(params, scope)
     found, sketches = load_signatures(catalog, key, record_ids, params.num_perm)
     missing = np.flatnonzero(~found)
     for lo in range(0, len(missing), WRITE_CHUNK):
         chunk = missing[lo : lo + WRITE_CHUNK]
-        new = hasher.sketch([texts[i] for i in chunk])
+        hook = None
+        if on_shingles is not None:
+            hook = functools.partial(_forward, on_shingles, chunk)
+        new = hasher.sketch([texts[i] for i in chunk.tolist()], on_batch=hook)
         sketches.signatures[chunk] = new.signatures
         sketches.n_shingles[chunk] = new.n_shingles
         save_signatures(catalog, key, params, scope, [record_ids[i] for i in chunk], new)

@@ -15,7 +15,9 @@ The result does not depend on the order of the input: texts are processed in rec
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import math
 import time
 from collections.abc import Sequence
@@ -29,7 +31,8 @@ from curation.exact_dup import DuplicateCluster, KeepRank, rank_key
 from curation.lsh import candidate_pairs, collision_probability, optimal_params
 from curation.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
 from curation.near_dup_join import ArrayUnionFind, JoinPlan, JoinState, band_runs, join_clusters
-from curation.verify import ShingleSets, verify_pairs
+from curation.shingles import ShingleBatch
+from curation.verify import ShingleRuns, ShingleSets, verify_pairs
 
 Scope = Literal["pair", "prompt", "response"]
 JoinMode = Literal["pairs", "clusters"]
@@ -68,12 +71,11 @@ class NearDupConfig(BaseModel):
         description="Clusters join: a bucket whose pairs across clusters are at most this many per member is "
         "verified completely (a family with a few stragglers; every bucket of up to 2x+1 texts).",
     )
-    completion_budget: int = Field(
+    completion_limit: int = Field(
         4_000_000,
         ge=0,
-        description="Clusters join: pairs across clusters verified beyond that, in whole buckets, cheapest "
-        "first (about 8 s; covers every bucket of a corpus of some 20,000 records, so the result equals the "
-        "all-pairs join there).",
+        description="Clusters join: when completing every LSH bucket takes at most this many pairs across "
+        "clusters, every bucket is completed and the clusters equal the all-pairs join's (about 8 s at most).",
     )
     prefilter_sigmas: float | None = Field(
         4.0,
@@ -81,6 +83,13 @@ class NearDupConfig(BaseModel):
         description="Skip verifying candidates whose MinHash estimate is more than this many standard errors "
         "below the threshold (at 4, a pair at the threshold is lost with probability about 3e-5); None verifies "
         "every candidate.",
+    )
+    sampled_prefilter_sigmas: float = Field(
+        2.5,
+        ge=0.0,
+        description="Clusters join: the prefilter of the sampled steps (neighbour links, cheap buckets), in "
+        "standard errors below the threshold: a pair at the threshold is skipped with probability 0.6%, and a "
+        "link is lost only if no other verified pair joins the two clusters. Never looser than prefilter_sigmas.",
     )
     seed: int = Field(1, description="Seed of the MinHash permutations (changes every signature).")
 
@@ -125,38 +134,54 @@ def find_near_duplicates(
     prefix: str = "nd_",
     *,
     mode: JoinMode = "pairs",
+    shingles: ShingleRuns | None = None,
 ) -> NearDupResult:
     """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order).
 
     ``mode="pairs"`` verifies every candidate pair, so ``pairs`` holds every pair found above the threshold
     (for checks that read pairs); ``mode="clusters"`` runs the linear join of :mod:`curation.near_dup_join`:
     the clusters and similarities to the kept member, with ``pairs`` only the verified pairs that joined them.
+    ``shingles`` (clusters mode) holds sets collected while sketching, numbered like the input.
     """
     config = config or NearDupConfig()
     if len(record_ids) != len(texts):
         raise ValueError("record_ids and texts differ in length")
     clock = [time.perf_counter()]
-    order = sorted(range(len(record_ids)), key=lambda i: record_ids[i])
-    ids = [record_ids[i] for i in order]
-    texts = [texts[i] for i in order]
+    ids = list(record_ids)
+    if any(a > b for a, b in itertools.pairwise(ids)):  # sort by record id, unless sorted (then no copies)
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        ids = [ids[i] for i in order]
+        texts = [texts[i] for i in order]
+        if sketches is not None:
+            sketches = Sketches(sketches.signatures[order], sketches.n_shingles[order])
+        if shingles is not None:
+            new_of_old = np.empty(len(order), dtype=np.int64)
+            new_of_old[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+            shingles = shingles.renumbered(new_of_old)
     if sketches is None:
-        sketches = MinHasher(config.minhash_params()).sketch(texts)
-    else:
-        sketches = Sketches(sketches.signatures[order], sketches.n_shingles[order])
+        hook = None
+        if mode == "clusters":
+            shingles = ShingleRuns()
+            hook = functools.partial(_collect, shingles)
+        sketches = MinHasher(config.minhash_params()).sketch(texts, on_batch=hook)
     active = sketches.n_shingles > 0
     clock.append(time.perf_counter())
     bands, rows = config.band_params()
-    margin = 0.0
-    if config.prefilter_sigmas is not None:
-        margin = config.prefilter_sigmas * math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+    sigma = math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+    margin = 0.0 if config.prefilter_sigmas is None else config.prefilter_sigmas * sigma
     finder = ArrayUnionFind(len(ids))
     if mode == "clusters":
         runs = [band_runs(sketches.signatures, np.flatnonzero(active), band, rows) for band in range(bands)]
-        sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram)
+        sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
         floor = config.threshold - margin if config.prefilter_sigmas is not None else -1.0
+        sampled_floor = (
+            floor
+            if config.prefilter_sigmas is None
+            else max(floor, config.threshold - config.sampled_prefilter_sigmas * sigma)
+        )
         state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)
         clock.append(time.perf_counter())
-        plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_budget)
+        plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
         completion = join_clusters(state, runs, plan)
         good_left, good_right, similarity = state.pairs()
         counts = state.counts
@@ -194,6 +219,10 @@ def find_near_duplicates(
         for i, j, s in zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True)
     ]
     return NearDupResult(clusters, pairs, nearest, empty, stats)
+
+
+def _collect(runs: ShingleRuns, lo: int, hi: int, batch: ShingleBatch) -> None:
+    runs.add(np.arange(lo, hi), batch)
 
 
 def _groups(roots: np.ndarray) -> list[list[int]]:

@@ -6,18 +6,25 @@ same question asked twice: input for the inconsistency check, not a removal) and
 ``scope`` config key of ``near_dup`` selects one of the other two (see :func:`resolve_scope`), so results never
 land under a name that means something else.
 
-Score: the highest exact Jaccard similarity to any other record in a verified pair (0.0 when none). Flag: the
-record is a removed (non-kept) member of a cluster.
+Clusters come from the linear join (``mode="clusters"`` of :func:`~curation.near_dup.find_near_duplicates`),
+which verifies a pair only while its records are in different clusters. Score: the highest exact Jaccard
+similarity among the record's verified pairs (at least the threshold for every clustered record; 0.0 when
+none), so the most similar neighbour it names is the most similar one verified, not always the most similar
+one there is. Flag: the record is a removed (non-kept) member of a cluster; its similarity to the kept member
+is computed exactly for every member.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
+from typing import overload
 
 from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
 from curation.minhash_store import signatures_for
 from curation.near_dup import NearDupConfig, Scope, find_near_duplicates
+from curation.verify import ShingleRuns
 
 SCOPE_CHECKS: dict[Scope, str] = {"pair": "near_dup", "prompt": "near_dup_prompt", "response": "near_dup_response"}
 
@@ -40,17 +47,45 @@ def scope_text(record: ScanRecord, scope: Scope) -> str:
     return f"{record.prompt}\n{record.response}"
 
 
+class ScopeTexts(Sequence[str]):
+    """The compared text of each record, built when read: a list of them would hold every text twice (0.5 GB at
+    1M records), and the engine only reads them a batch at a time."""
+
+    def __init__(self, records: Sequence[ScanRecord], scope: Scope) -> None:
+        self.records, self.scope = records, scope
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str]: ...
+    def __getitem__(self, index: int | slice) -> str | list[str]:
+        if isinstance(index, slice):
+            return [scope_text(r, self.scope) for r in self.records[index]]
+        return scope_text(self.records[index], self.scope)
+
+
 def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOutput:
     config = ctx.config if isinstance(ctx.config, NearDupConfig) else NearDupConfig()
     started = time.monotonic()
     ids = [r.record_id for r in records]
-    texts = [scope_text(r, config.scope) for r in records]
-    lookup = signatures_for(ctx.catalog, ids, texts, config.minhash_params(), config.scope)
+    texts = ScopeTexts(records, config.scope)
+    shingles = ShingleRuns()  # the sets of the records sketched now, so verification does not shingle them again
+    collect = functools.partial(ShingleRuns.add, shingles)
+    lookup = signatures_for(ctx.catalog, ids, texts, config.minhash_params(), config.scope, on_shingles=collect)
     sketched_at = time.monotonic()
     ranks = {r.record_id: r.rank for r in records}
     prefix = {"pair": "nd_", "prompt": "ndp_", "response": "ndr_"}[config.scope]
-    result = find_near_duplicates(ids, texts, ranks, config, lookup.sketches, prefix)
-    kept_of = {m: c for c in result.clusters for m in c.members}
+    result = find_near_duplicates(
+        ids, texts, ranks, config, lookup.sketches, prefix, mode="clusters", shingles=shingles
+    )
+    del shingles, collect
+    sketched, reused = lookup.sketched, lookup.reused
+    del lookup, ranks  # the signatures (512 MB at 1M records) are not needed for the findings
+    result.pairs.clear()
+    membership = {m: (c, s) for c in result.clusters for m, s in zip(c.members, c.similarities, strict=True)}
     findings = []
     what = {"pair": "near duplicate", "prompt": "near-duplicate prompt", "response": "near-duplicate response"}
     for rid in ids:
@@ -60,11 +95,11 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
             findings.append(Finding(rid, 0.0, False, None, details))
             continue
         nearest = result.nearest.get(rid)
-        cluster = kept_of.get(rid)
-        if nearest is None or cluster is None:
+        member = membership.get(rid)
+        if nearest is None or member is None:
             findings.append(Finding(rid, 0.0, False))
             continue
-        similarity = cluster.similarity_of(rid)
+        cluster, similarity = member
         details.update(
             cluster_id=cluster.cluster_id,
             kept_record_id=cluster.kept,
@@ -81,8 +116,8 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
         "clusters": len(result.clusters),
         "duplicates": sum(len(c.removed) for c in result.clusters),
         **result.stats,
-        "sketched": lookup.sketched,
-        "signatures_reused": lookup.reused,
+        "sketched": sketched,
+        "signatures_reused": reused,
         "sketch_seconds": round(sketched_at - started, 3),
         "match_seconds": round(time.monotonic() - sketched_at, 3),
     }

@@ -93,7 +93,7 @@ class BandRuns:
 
 def band_runs(signatures: np.ndarray, index: np.ndarray, band: int, rows: int) -> BandRuns:
     """Buckets of two or more of the rows ``index`` in ``band``; members in an order drawn anew per band."""
-    keys = band_key(signatures[index], band, rows)
+    keys = band_key(signatures, band, rows, index)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     new_run = np.ones(len(order), dtype=bool)
@@ -183,21 +183,25 @@ class JoinState:
         default_factory=lambda: dict.fromkeys(("candidates", "joined", "prefiltered", "verified", "good"), 0)
     )
 
-    def offer(self, left: np.ndarray, right: np.ndarray) -> None:
-        """Verify the candidate pairs that could still join two clusters, and join those that pass."""
+    def offer(self, left: np.ndarray, right: np.ndarray, cap: int | None = None, floor: float | None = None) -> None:
+        """Verify the candidate pairs that could still join two clusters, and join those that pass.
+
+        ``cap`` bounds the pairs verified per pair of clusters (the best estimates; None: until joined);
+        ``floor`` replaces the state's prefilter floor.
+        """
         self.counts["candidates"] += len(left)
-        left, right = self._apart(left, right)
+        left, right = self.apart(left, right)
         if not len(left):
             return
         n = len(self.finder.parent)
         code = sorted_unique(np.minimum(left, right) * n + np.maximum(left, right))
         left, right = code // n, code % n
         estimate = estimate_pairs(self.signatures, left, right)
-        keep = estimate >= self.floor
+        keep = estimate >= (self.floor if floor is None else floor)
         self.counts["prefiltered"] += int((~keep).sum())
         by_estimate = np.argsort(-estimate[keep], kind="stable")
         left, right = left[keep][by_estimate], right[keep][by_estimate]
-        for batch_left, batch_right in self._rounds(left, right):
+        for batch_left, batch_right in self._rounds(left, right, cap):
             similarity = self.jaccard(batch_left, batch_right)
             self.counts["verified"] += len(similarity)
             passed = similarity >= self.threshold
@@ -206,18 +210,18 @@ class JoinState:
                 self.counts["good"] += int(passed.sum())
                 self.finder.union(batch_left[passed], batch_right[passed])
 
-    def _apart(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def apart(self, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         apart = self.finder.roots(left) != self.finder.roots(right)
         self.counts["joined"] += int(len(apart) - apart.sum())
         return left[apart], right[apart]
 
-    def _rounds(self, left: np.ndarray, right: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _rounds(self, left: np.ndarray, right: np.ndarray, cap: int | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Batches to verify: per pair of clusters, its best 1, then 2, 4, ... remaining candidates."""
         allowance = 1
         n = len(self.finder.parent)
-        while len(left):
+        while len(left) and (cap is None or allowance < cap):
             if allowance > 1:
-                left, right = self._apart(left, right)
+                left, right = self.apart(left, right)
             a, b = self.finder.roots(left), self.finder.roots(right)
             group = np.minimum(a, b) * n + np.maximum(a, b)
             order = np.argsort(group, kind="stable")  # stable: best estimate first within a group
@@ -246,34 +250,49 @@ class JoinPlan:
 
     partners: int
     bucket_completion: int
-    completion_budget: int
+    completion_limit: int
+    sampled_floor: float  # prefilter floor of the sampled steps (neighbour links, cheap buckets)
+    pair_cap: int = 15
+
+
+def _codes(left: np.ndarray, right: np.ndarray, n: int) -> np.ndarray:
+    return np.minimum(left, right) * n + np.maximum(left, right)
+
+
+def _offer_merged(state: JoinState, links: Iterator[tuple[np.ndarray, np.ndarray]], plan: JoinPlan) -> None:
+    """Offer the links of all bands at once: a pair in several bands is one candidate, capped per cluster pair."""
+    n = len(state.finder.parent)
+    codes = []
+    for left, right in links:
+        left, right = state.apart(left, right)
+        codes.append(_codes(left, right, n))
+    merged = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+    del codes
+    state.offer(merged // n, merged % n, cap=plan.pair_cap, floor=plan.sampled_floor)
 
 
 def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dict[str, int]:
-    """Steps 1-3 of the module docstring over the bands' buckets; returns the completion counts."""
+    """Steps 1-3 of the module docstring over the bands' buckets; returns what step 3 did."""
     for band in runs:
         state.offer(*anchor_links(band))
-    for band in runs:
-        state.offer(*neighbour_links(band, plan.partners))
+    _offer_merged(state, (neighbour_links(band, plan.partners) for band in runs), plan)
     costs = [cross_cost(band, state.finder.roots(band.members)) for band in runs]
-    local = [
+    total = int(sum(int(cost.sum()) for cost in costs))
+    if total <= plan.completion_limit:  # every bucket, every pair across clusters: the all-pairs join's result
+        for band, cost in zip(runs, costs, strict=True):
+            if cost.any():
+                for left, right in cross_links(band, state.finder.roots(band.members), cost > 0):
+                    state.offer(left, right)
+        return {"completion_pairs": total, "exact": 1, "buckets_sampled": 0}
+    cheap = [
         (cost > 0) & (cost <= plan.bucket_completion * band.lengths) for cost, band in zip(costs, runs, strict=True)
     ]
-    rest = np.concatenate(
-        [np.where(near, 0, cost) for near, cost in zip(local, costs, strict=True)] or [np.zeros(0, np.int64)]
+    links = (
+        link
+        for band, near in zip(runs, cheap, strict=True)
+        if near.any()
+        for link in cross_links(band, state.finder.roots(band.members), near)
     )
-    by_cost = np.argsort(rest, kind="stable")
-    spent = np.cumsum(rest[by_cost])
-    extra = np.zeros(len(rest), dtype=bool)
-    extra[by_cost[(spent <= plan.completion_budget) & (rest[by_cost] > 0)]] = True
-    at = 0
-    for band, near in zip(runs, local, strict=True):
-        chosen = near | extra[at : at + len(near)]
-        at += len(near)
-        if chosen.any():
-            for left, right in cross_links(band, state.finder.roots(band.members), chosen):
-                state.offer(left, right)
-    return {
-        "completed_buckets": int(sum(int(near.sum()) for near in local) + extra.sum()),
-        "mixed_buckets_sampled": int(((rest > 0) & ~extra).sum()),
-    }
+    _offer_merged(state, links, plan)
+    sampled = sum(int(((cost > 0) & ~near).sum()) for cost, near in zip(costs, cheap, strict=True))
+    return {"completion_pairs": total, "exact": 0, "buckets_sampled": sampled}

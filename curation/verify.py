@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from curation.lsh import sorted_unique
-from curation.shingles import shingle_batch
+from curation.shingles import ShingleBatch, shingle_batch
 
 _PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _CELLS = 1 << 21  # matrix cells per sorting step: bounds the temporary arrays (16 MB)
@@ -48,6 +48,17 @@ def _row_chunks(widths: np.ndarray) -> Iterator[np.ndarray]:
         lo = small
 
 
+def _char_batches(texts: Sequence[str], positions: np.ndarray, batch_chars: int) -> Iterator[tuple[int, int]]:
+    """Ranges of ``positions`` whose texts add up to about ``batch_chars`` characters."""
+    ends = np.cumsum(np.fromiter((len(texts[i]) for i in positions.tolist()), dtype=np.int64, count=len(positions)))
+    lo = 0
+    while lo < len(positions):
+        before = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, before + batch_chars, side="left")))
+        yield lo, hi
+        lo = hi
+
+
 def sorted_segments(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """``values`` with each segment ``values[offsets[i]:offsets[i + 1]]`` sorted in place of it."""
     lengths = np.diff(offsets)
@@ -65,35 +76,94 @@ def sorted_segments(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return out
 
 
+def distinct_runs(batch: ShingleBatch) -> tuple[np.ndarray, np.ndarray]:
+    """(values, sizes): each text's distinct shingle hashes, sorted, one text after another."""
+    values = sorted_segments(batch.hashes, batch.offsets)
+    distinct = np.ones(len(values), dtype=bool)
+    distinct[1:] = values[1:] != values[:-1]
+    distinct[batch.offsets[:-1][batch.counts > 0]] = True  # a text's first value is always new
+    owner = np.repeat(np.arange(len(batch.counts)), batch.counts)
+    return values[distinct], np.bincount(owner[distinct], minlength=len(batch.counts)).astype(np.int64)
+
+
+class ShingleRuns:
+    """Shingle sets collected batch by batch, wherever texts are shingled anyway (while sketching them), so
+    verification need not shingle them again (about 10 s per million texts).
+
+    The values go to one buffer grown by ``ndarray.resize`` (``realloc``: large buffers are remapped, not
+    copied), so collecting needs no second copy of them.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = np.empty(1 << 16, dtype=np.uint64)
+        self.filled = 0
+        self.closed = False  # set once a view of the buffer is handed out: growing it would move the memory
+        self._positions: list[np.ndarray] = []
+        self._sizes: list[np.ndarray] = []
+
+    def add(self, positions: np.ndarray, batch: ShingleBatch) -> None:
+        """The texts ``positions`` (in the caller's numbering) were shingled into ``batch``."""
+        if self.closed:
+            raise RuntimeError("these shingle runs are in use by ShingleSets; collect into a new ShingleRuns")
+        values, sizes = distinct_runs(batch)
+        if self.filled + len(values) > len(self.buffer):
+            self.buffer.resize(max(2 * len(self.buffer), self.filled + len(values)), refcheck=False)
+        self.buffer[self.filled : self.filled + len(values)] = values
+        self.filled += len(values)
+        self._positions.append(np.asarray(positions, dtype=np.int64))
+        self._sizes.append(sizes)
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, starts, sizes) of every collected text, sorted by position."""
+        if not self._positions:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        positions, sizes = np.concatenate(self._positions), np.concatenate(self._sizes)
+        starts = np.cumsum(sizes) - sizes
+        order = np.argsort(positions, kind="stable")
+        return positions[order], starts[order], sizes[order]
+
+    def renumbered(self, new_of_old: np.ndarray) -> ShingleRuns:
+        """The same sets, text ``p`` renamed ``new_of_old[p]`` (the values are shared, not copied)."""
+        out = ShingleRuns()
+        out.buffer, out.filled, out._sizes = self.buffer, self.filled, list(self._sizes)
+        out._positions = [new_of_old[p] for p in self._positions]
+        self.closed = True
+        return out
+
+
 class ShingleSets:
-    """The exact shingle sets of ``texts[i]`` for each ``i`` in ``positions``."""
+    """The exact shingle sets of ``texts[i]`` for each ``i`` in ``positions``.
 
-    def __init__(self, texts: Sequence[str], positions: np.ndarray, ngram: int, batch_chars: int = 1 << 22) -> None:
+    ``collected`` holds sets already computed (:class:`ShingleRuns`); the others are shingled here.
+    """
+
+    def __init__(
+        self,
+        texts: Sequence[str],
+        positions: np.ndarray,
+        ngram: int,
+        batch_chars: int = 1 << 22,
+        collected: ShingleRuns | None = None,
+    ) -> None:
         self.positions = sorted_unique(np.asarray(positions, dtype=np.int64))
-        runs: list[np.ndarray] = []
-        sizes: list[np.ndarray] = []
-        for lo, hi in self._batches(texts, batch_chars):
-            batch = shingle_batch([texts[i] for i in self.positions[lo:hi].tolist()], ngram)
-            values = sorted_segments(batch.hashes, batch.offsets)
-            distinct = np.ones(len(values), dtype=bool)
-            distinct[1:] = values[1:] != values[:-1]
-            distinct[batch.offsets[:-1][batch.counts > 0]] = True  # a text's first value is always new
-            owner = np.repeat(np.arange(hi - lo), batch.counts)
-            runs.append(values[distinct])
-            sizes.append(np.bincount(owner[distinct], minlength=hi - lo))
-        self.values = np.concatenate(runs) if runs else np.zeros(0, dtype=np.uint64)
-        self.sizes = np.concatenate(sizes).astype(np.int64) if sizes else np.zeros(0, dtype=np.int64)
-        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
-
-    def _batches(self, texts: Sequence[str], batch_chars: int) -> Iterator[tuple[int, int]]:
-        lengths = np.fromiter((len(texts[i]) for i in self.positions.tolist()), dtype=np.int64)
-        ends = np.cumsum(lengths)
-        lo = 0
-        while lo < len(self.positions):
-            before = ends[lo - 1] if lo else 0
-            hi = max(lo + 1, int(np.searchsorted(ends, before + batch_chars, side="left")))
-            yield lo, hi
-            lo = hi
+        runs = collected if collected is not None else ShingleRuns()
+        known, _, _ = runs.table()
+        todo = self.positions
+        if len(known):
+            found = np.minimum(np.searchsorted(known, self.positions), len(known) - 1)
+            todo = self.positions[known[found] != self.positions]
+        for lo, hi in _char_batches(texts, todo, batch_chars):
+            runs.add(todo[lo:hi], shingle_batch([texts[i] for i in todo[lo:hi].tolist()], ngram))
+        known, starts, sizes = runs.table()
+        where = np.searchsorted(known, self.positions)
+        self.sizes, self.starts = sizes[where], starts[where]
+        if int(self.sizes.sum()) < runs.filled // 2:  # most collected sets are not needed: keep the others only
+            self.values = runs.buffer[_ragged(self.starts, self.sizes)]
+            self.starts = np.cumsum(self.sizes) - self.sizes
+        else:
+            self.values = runs.buffer[: runs.filled]
+            runs.closed = True
 
     def _local(self, positions: np.ndarray) -> np.ndarray:
         local = np.searchsorted(self.positions, positions)
