@@ -38,6 +38,49 @@ def _body_and_head(model: Any) -> tuple[Any, Any] | None:
     return body, head
 
 
+#: Shortest common prefix worth running once per batch instead of once per row (a chat template's system turn).
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix_length(batch: dict[str, Any], min_tokens: int = MIN_SHARED_PREFIX) -> int:
+    """Leading tokens every row of ``batch`` shares and that carry no label (0 when fewer than ``min_tokens``).
+
+    Every row keeps at least two tokens of its own, and no row may have a label inside the prefix or on the token
+    right after it (that token is predicted from the prefix's last position, which the suffix pass does not see).
+    """
+    ids, labels = batch["input_ids"], batch["labels"]
+    rows, width = ids.shape
+    if rows < 2 or width <= min_tokens + 2:
+        return 0
+    same = (ids == ids[:1]).all(dim=0)  # [width]: column equal in every row
+    differing = (~same).nonzero()
+    length = int(differing[0]) if len(differing) else width
+    lengths = batch["attention_mask"].sum(dim=1)
+    length = min(length, int(lengths.min()) - 2)
+    labelled = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+    if len(labelled):
+        length = min(length, int(labelled[0]) - 1)
+    return length if length >= min_tokens else 0
+
+
+def _suffix_hidden(body: Any, batch: dict[str, Any], prefix: int) -> Any:
+    """Hidden states of positions ``prefix`` onward, with the shared prefix run once for the whole batch.
+
+    The prefix's keys and values are computed for one row and repeated (``repeat_interleave`` keeps the graph, so
+    gradients of every row flow back through the one prefix pass). Same values as the full pass: the prefix tokens
+    attend only to each other in both. With LoRA dropout on, the rows share the prefix's dropout mask.
+    """
+    import torch
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    head = body(input_ids=ids[:1, :prefix], use_cache=True)
+    cache = head.cache
+    cache.batch_repeat_interleave(ids.shape[0])
+    positions = torch.arange(prefix, ids.shape[1], device=ids.device).unsqueeze(0).expand(ids.shape[0], -1)
+    out = body(input_ids=ids[:, prefix:], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+    return out.last_hidden_state
+
+
 def token_loss(model: Any, batch: dict[str, Any], sparse: bool = True) -> tuple[Any, int]:
     """Summed cross-entropy over the label tokens of a right-padded batch, and how many tokens that is.
 
@@ -58,8 +101,13 @@ def token_loss(model: Any, batch: dict[str, Any], sparse: bool = True) -> tuple[
         flat_labels = labels.reshape(-1)
     else:
         body, head = parts
-        hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        flat_logits = head(hidden.last_hidden_state[:, :-1][mask])  # (label tokens, vocabulary)
+        prefix = shared_prefix_length(batch)
+        if prefix:  # the rows' common start (system turn, user header) runs once; labels all lie after it
+            hidden = _suffix_hidden(body, batch, prefix)  # positions prefix..T-1; mask[:, :prefix] is all False
+            flat_logits = head(hidden[:, :-1][mask[:, prefix:]])
+        else:
+            hidden = body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            flat_logits = head(hidden.last_hidden_state[:, :-1][mask])  # (label tokens, vocabulary)
         flat_labels = labels[mask]
     weights = batch.get("label_weights")
     if weights is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from training.formatting import PaddingCollator, format_conversations
-from training.loss import _body_and_head, token_loss
+from training.loss import _body_and_head, shared_prefix_length, token_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,7 +24,12 @@ CONVERSATIONS = [
 ]
 
 
-def _lora_model_and_batch(folder: Path, lora_on_head: bool = False) -> tuple[object, dict[str, object]]:
+SYSTEM = "You are a support desk assistant. Classify every customer message into one intent label."
+
+
+def _lora_model_and_batch(
+    folder: Path, lora_on_head: bool = False, conversations: list[list[dict[str, str]]] = CONVERSATIONS
+) -> tuple[object, dict[str, object]]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,7 +44,7 @@ def _lora_model_and_batch(folder: Path, lora_on_head: bool = False) -> tuple[obj
     for name, param in model.named_parameters():  # a non-zero LoRA B so its gradients flow both ways
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
-    examples = format_conversations(tokenizer, CONVERSATIONS).examples
+    examples = format_conversations(tokenizer, conversations).examples
     return model, PaddingCollator(tokenizer.pad_token_id)(examples)
 
 
@@ -51,13 +56,21 @@ def _loss_and_grads(model, batch, sparse: bool) -> tuple[float, int, dict[str, o
     return loss.item(), count, grads
 
 
-@pytest.mark.parametrize("lora_on_head", [False, True])
-def test_sparse_loss_and_gradients_equal_the_full_logits_ones(tiny_model_dir, tmp_path, lora_on_head) -> None:
+@pytest.mark.parametrize(("lora_on_head", "shared_system"), [(False, False), (True, False), (False, True)])
+def test_sparse_loss_and_gradients_equal_the_full_logits_ones(
+    tiny_model_dir, tmp_path, lora_on_head, shared_system
+) -> None:
     import shutil
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
-    model, batch = _lora_model_and_batch(folder, lora_on_head)
+    conversations = CONVERSATIONS
+    if shared_system:  # every row starts with the same system turn: that prefix runs once for the batch
+        conversations = [[{"role": "system", "content": SYSTEM}, *(m for m in c if m["role"] != "system")]
+                         for c in CONVERSATIONS]  # fmt: skip
+    model, batch = _lora_model_and_batch(folder, lora_on_head, conversations)
+    prefix = shared_prefix_length(batch)
+    assert prefix >= 30 if shared_system else prefix == 0  # the system turn and the user header
     assert _body_and_head(model) is not None  # the sparse path is really taken
     assert int((batch["attention_mask"] == 0).sum()) > 0  # and padding is present
 
@@ -128,3 +141,21 @@ def test_label_weights_scale_each_examples_token_losses(tiny_model_dir, tmp_path
     expected = per_example[0] + per_example[1] + 0.25 * per_example[2]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert examples[2].weighted_label_tokens == pytest.approx(0.25 * examples[2].num_label_tokens)
+
+
+def test_the_shared_prefix_stops_before_any_label_and_leaves_every_row_two_tokens() -> None:
+    import torch
+
+    ignore = -100
+    ids = torch.tensor([[1] * 12 + [2, 3, 4], [1] * 12 + [5, 6, 0]])
+    mask = torch.tensor([[1] * 15, [1] * 14 + [0]])
+    labels = torch.full_like(ids, ignore)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    assert shared_prefix_length(batch) == 12
+    labels[1, 10] = 6  # a label inside the common start: the prefix ends before the token it is predicted from
+    assert shared_prefix_length(batch) == 9
+    labels[1, 5] = 6
+    assert shared_prefix_length(batch) == 0  # 4 shared tokens: not worth it
+    short = {"input_ids": ids[:, :10], "attention_mask": mask[:, :10], "labels": torch.full((2, 10), ignore)}
+    assert shared_prefix_length(short) == 0  # 10 equal tokens: each row keeps two of its own, 8 left
+    assert shared_prefix_length({k: v[:1] for k, v in batch.items()}) == 0  # one row: nothing to share
