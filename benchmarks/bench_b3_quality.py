@@ -5,12 +5,16 @@
 Part 1: up to 20k records from ../shared/data (banking77 train: query + intent; GPTeacher Toolformer:
 instruction + input + output), compared as whole pairs. The truth is every pair whose exact Jaccard on the
 word 5-gram shingle sets reaches the threshold, computed exactly with a sparse matrix product (scipy). Refinery's
-pairs are its verified pairs; datasketch's are the pairs ``MinHashLSH`` (same threshold, 128 permutations, fed
-the same shingles) returns, as a plain LSH pipeline reports them.
+pairs are the verified pairs of its all-pairs join (``mode="pairs"``); datasketch's are the pairs ``MinHashLSH``
+(same threshold, 128 permutations, fed the same shingles) returns, as a plain LSH pipeline reports them. The
+clusters join the scan uses (``mode="clusters"``) verifies only pairs not yet in one cluster, so its pairs are
+fewer by design: it is checked for the same clusters and kept members as the all-pairs join, and for the share
+of truth pairs whose records it puts in one cluster.
 
 Part 2: the Toolformer set that its authors deduplicated at similarity 0.9/0.8/0.7/0.6 (their method is not
 published with the files): how many records Refinery removes at each threshold, in the pair and the prompt
-scope, against the authors' counts, and how far the kept sets agree. Writes bench-results/b3_quality.json; the
+scope (clusters join, and the all-pairs join beside it), against the authors' counts, and how far the kept
+sets agree. Writes bench-results/b3_quality.json; the
 last line is the final figure.
 """
 
@@ -60,14 +64,36 @@ def exact_pairs(texts: list[str], thresholds: list[float], ngram: int = 5) -> di
     return truth
 
 
-def refinery_pairs(texts: list[str], threshold: float) -> tuple[set[tuple[int, int]], dict[str, Any]]:
+def refinery_runs(texts: list[str], threshold: float) -> dict[str, Any]:
+    """Both joins: the all-pairs one (its pairs are scored) and the clusters one the scan uses."""
     from curation.exact_dup import KeepRank
     from curation.near_dup import NearDupConfig, find_near_duplicates
 
     ids = [f"rec_{i:06d}" for i in range(len(texts))]
     ranks = {rid: KeepRank(1, 0.0, ("t", i, 0), rid) for i, rid in enumerate(ids)}
-    result = find_near_duplicates(ids, texts, ranks, NearDupConfig(threshold=threshold))
-    return {(int(a[4:]), int(b[4:])) for a, b, _ in result.pairs}, result.stats
+    out: dict[str, Any] = {}
+    for mode in ("pairs", "clusters"):
+        started = time.perf_counter()
+        result = find_near_duplicates(ids, texts, ranks, NearDupConfig(threshold=threshold), mode=mode)  # type: ignore[arg-type]
+        label = np.full(len(texts), -1, dtype=np.int64)
+        for c, cluster in enumerate(result.clusters):
+            label[[int(m[4:]) for m in cluster.members]] = c
+        out[mode] = {
+            "pairs": {(int(a[4:]), int(b[4:])) for a, b, _ in result.pairs},
+            "clusters": [(c.kept, c.members) for c in result.clusters],
+            "label": label,
+            "stats": result.stats,
+            "seconds": time.perf_counter() - started,
+        }
+    return out
+
+
+def co_clustered(label: np.ndarray, truth: set[tuple[int, int]]) -> float:
+    """Share of the truth pairs whose records are in one cluster."""
+    if not truth:
+        return 1.0
+    a, b = np.array(sorted(truth)).T
+    return float(((label[a] == label[b]) & (label[a] >= 0)).mean())
 
 
 def datasketch_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
@@ -118,10 +144,13 @@ def ladder() -> list[dict[str, Any]]:
         }
         row: dict[str, Any] = {"threshold": threshold, "authors removed": len(rows) - left}
         for scope, texts in scopes.items():
-            result = find_near_duplicates(ids, texts, ranks, NearDupConfig(threshold=threshold, scope=scope))
+            config = NearDupConfig(threshold=threshold, scope=scope)
+            result = find_near_duplicates(ids, texts, ranks, config, mode="clusters")
+            before = find_near_duplicates(ids, texts, ranks, config, mode="pairs")
             removed = {int(m[4:]) for c in result.clusters for m in c.removed}
             both = sum(1 for i in removed if key[i] not in authors_kept)
             row[f"{scope} removed"] = len(removed)
+            row[f"{scope} all-pairs join"] = sum(len(c.removed) for c in before.clusters)
             row[f"{scope} agree"] = round(both / max(len(removed), 1), 3)
         out.append(row)
     return out
@@ -138,11 +167,38 @@ def main() -> None:
     truth = exact_pairs(texts, thresholds)
     truth_seconds = time.perf_counter() - started
     rows, details = [], {}
+    identity = []
     for t in thresholds:
-        ours, stats = refinery_pairs(texts, t)
+        runs = refinery_runs(texts, t)
+        ours, stats = runs["pairs"]["pairs"], runs["pairs"]["stats"]
         theirs = datasketch_pairs(texts, t)
         q_ours, q_theirs = prf(ours, truth[t]), prf(theirs, truth[t])
-        details[str(t)] = {"truth_pairs": len(truth[t]), "refinery": q_ours, "datasketch": q_theirs, "stats": stats}
+        same = runs["clusters"]["clusters"] == runs["pairs"]["clusters"]
+        recall_clusters = co_clustered(runs["clusters"]["label"], truth[t])
+        details[str(t)] = {
+            "truth_pairs": len(truth[t]),
+            "refinery": q_ours,
+            "datasketch": q_theirs,
+            "stats": stats,
+            "clusters_join": {
+                "identical_clusters_and_kept": same,
+                "truth_pairs_co_clustered": recall_clusters,
+                "verified_pairs_precision": prf(runs["clusters"]["pairs"], truth[t])["precision"],
+                "seconds": runs["clusters"]["seconds"],
+                "pairs_join_seconds": runs["pairs"]["seconds"],
+                "stats": runs["clusters"]["stats"],
+            },
+        }
+        identity.append(
+            {
+                "threshold": t,
+                "clusters": len(runs["clusters"]["clusters"]),
+                "identical to all-pairs join": same,
+                "truth pairs co-clustered": round(recall_clusters, 4),
+                "clusters join s": round(runs["clusters"]["seconds"], 2),
+                "all-pairs join s": round(runs["pairs"]["seconds"], 2),
+            }
+        )
         for name, q in (("refinery", q_ours), ("datasketch", q_theirs)):
             rows.append(
                 {
@@ -160,17 +216,23 @@ def main() -> None:
         f"load average {machine()['load_average']}"
     )
     print(table(rows))
+    print("clusters join (the scan's) against the all-pairs join above: clusters and kept members")
+    print(table(identity))
     ladder_rows = ladder()
     print("GPTeacher Toolformer ladder (7673 records; 'agree' = share of our removals the authors removed too):")
     print(table(ladder_rows))
-    path = write_result("b3_quality", {"records": len(texts), "pairs": details, "ladder": ladder_rows})
+    path = write_result(
+        "b3_quality", {"records": len(texts), "pairs": details, "ladder": ladder_rows, "clusters_join": identity}
+    )
     print(f"wrote {path}")
     at = details.get("0.7", details[str(thresholds[0])])
     t_label = "0.7" if "0.7" in details else str(thresholds[0])
+    same = all(row["identical to all-pairs join"] for row in identity)
     print(
         f"B3 at {t_label}: refinery P {at['refinery']['precision']:.4f} R {at['refinery']['recall']:.4f} "
         f"F1 {at['refinery']['f1']:.4f}; datasketch P {at['datasketch']['precision']:.4f} "
-        f"R {at['datasketch']['recall']:.4f} F1 {at['datasketch']['f1']:.4f}"
+        f"R {at['datasketch']['recall']:.4f} F1 {at['datasketch']['f1']:.4f}; clusters join identical to the "
+        f"all-pairs join at every threshold: {same}"
     )
 
 

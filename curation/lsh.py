@@ -8,9 +8,10 @@ numpy so it needs no scipy and takes milliseconds.
 
 Instead of inserting texts one by one into an index, :func:`candidate_pairs` sorts each band's keys once and
 reads the pairs off the runs of equal keys: a batch join that is a few numpy sorts for a million texts. A
-bucket with very many texts (thousands of copies of one template) would give a quadratic number of pairs, so
-each text is paired with at most ``window`` following texts of its bucket; since they all share the band, the
-chain of verified pairs still connects the bucket for clustering.
+bucket with very many texts (thousands of copies of one template) gives a quadratic number of pairs, so each
+text is paired with at most ``window`` following texts of its bucket. This all-pairs join serves checks that
+need every pair; clusters come from the linear join of :mod:`curation.near_dup_join`, which reads the same
+buckets (:func:`band_key`) one band at a time.
 """
 
 from __future__ import annotations

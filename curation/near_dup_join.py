@@ -3,28 +3,34 @@
 Emitting every pair of an LSH bucket is quadratic in its size, and real corpora have big buckets: templated
 prompts, one tool description in thousands of rows, pages scraped many times with small edits. On 50,000
 records of such families (``benchmarks/bench_b2_families.py``) the all-pairs join emitted 28M candidate pairs
-and verified 9.4M of them, most between records that other pairs had already put in one cluster.
+and computed 9.4M exact Jaccards, most between records that other pairs had already put in one cluster.
 
 A cluster stays what it was: a connected component of the pairs of records that share an LSH band and whose
 exact Jaccard reaches the threshold. What changes is which pairs are looked at (:func:`join_clusters`):
 
-1. **Anchor links**, every band: each member of a bucket is linked to the bucket's anchor, its first member in
-   an order drawn anew per band. A family close to its anchor joins with one verification per member.
-2. **Neighbour links**, every band: each member to its next ``partners`` members in that order, so a big
-   family gets many independent chances to connect, whatever its anchors were.
-3. **Completion**: in each bucket, the pairs whose records are still in different clusters. A bucket where
-   they are at most ``bucket_completion`` per member (a family with a few stragglers; every bucket of up to
-   ``2 * bucket_completion + 1`` texts) gets all of them, so it is joined exactly as if every pair were
-   verified. The other buckets (one template shared by many unrelated texts) get them too, cheapest bucket
-   first, while the total stays within ``completion_budget`` pairs: on a corpus of some 20,000 records that
-   covers every bucket and the result equals the all-pairs join; on a large one the most mixed buckets keep
-   only their sampled links (steps 1 and 2), and that is the only place a link can be lost.
+1. **Anchor links**, every band: each member of a bucket with the bucket's anchor, its first member in an order
+   drawn anew per band. A family close to its anchor joins with one verification per member (at 1M records:
+   3.0M Jaccards put 0.8M records in clusters).
+2. **Neighbour links**, every band: each member with its next ``partners`` members in that order, so a big
+   family whose members are near the threshold gets 23 independent chances to connect, whatever its anchors.
+3. **Completion**: in each bucket, the pairs whose records are still in different clusters. When completing
+   every bucket takes at most ``completion_limit`` pairs (true of corpora of some 20,000 records, such as the
+   B3 truth set), every bucket is completed and the clusters equal the all-pairs join's. Otherwise only the
+   buckets where those pairs are at most ``bucket_completion`` per member (a family and a few stragglers; any
+   bucket of up to ``2 * bucket_completion + 1`` texts) are; the mixed buckets (one template shared by many
+   unrelated texts) keep their sampled links, and that is the only place a link can be lost.
 
 Every candidate goes through :class:`JoinState`: a pair whose records are already in one cluster cannot change
-the clusters and is not verified (the union-find answers it), the rest are taken in order of their MinHash
-estimate, a few per pair of clusters per round, and the pairs that pass are joined before the next round.
+the clusters and is not verified (the union-find answers it; at 1M records, 39M of 84M links), the others are
+screened by their MinHash estimate and verified best estimate first, a few per pair of clusters per round, and
+the pairs that pass are joined before the next round. Steps 2 and 3 without full completion verify at most
+``pair_cap`` pairs per pair of clusters and screen at ``sampled_floor``, tighter than the exact steps' floor:
+most of their candidates are pairs just below the threshold between clusters that never join.
+
 Skipping joined pairs loses nothing; it changes which pairs are verified, so a record's most similar verified
 neighbour is the most similar among the pairs verified. The kept member's similarities are computed afterwards.
+Sampling (steps 2 and 3 without completion) is what costs recall: measured on 200 random families of the
+heavy-family corpus, against every pair's exact Jaccard, see docs/DEDUP.md.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 class BandRuns:
     """The shared buckets of one band: ``members[starts[k]:starts[k + 1]]`` is bucket ``k`` in its band order."""
 
-    members: np.ndarray  # int64 row indices
+    members: np.ndarray  # int32 row indices
     starts: np.ndarray  # int64, one more than the buckets
 
     @property
@@ -93,6 +99,8 @@ class BandRuns:
 
 def band_runs(signatures: np.ndarray, index: np.ndarray, band: int, rows: int) -> BandRuns:
     """Buckets of two or more of the rows ``index`` in ``band``; members in an order drawn anew per band."""
+    if len(signatures) >= 2**31:
+        raise ValueError("more than 2^31 texts: row indices are kept as int32")
     keys = band_key(signatures, band, rows, index)
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
@@ -100,7 +108,7 @@ def band_runs(signatures: np.ndarray, index: np.ndarray, band: int, rows: int) -
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
     run_id = np.cumsum(new_run) - 1
     shared = np.bincount(run_id)[run_id] >= 2
-    members, run_id = index[order[shared]], run_id[shared]
+    members, run_id = index[order[shared]].astype(np.int32), run_id[shared]  # half the memory of int64
     if not len(members):
         return BandRuns(members, np.zeros(1, dtype=np.int64))
     first = np.ones(len(members), dtype=bool)
@@ -189,18 +197,27 @@ class JoinState:
         ``cap`` bounds the pairs verified per pair of clusters (the best estimates; None: until joined);
         ``floor`` replaces the state's prefilter floor.
         """
+        self.verify(*self.screen(left, right, floor), cap)
+
+    def screen(
+        self, left: np.ndarray, right: np.ndarray, floor: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The distinct candidates not yet in one cluster whose MinHash estimate passes the floor, with it."""
         self.counts["candidates"] += len(left)
         left, right = self.apart(left, right)
-        if not len(left):
-            return
         n = len(self.finder.parent)
-        code = sorted_unique(np.minimum(left, right) * n + np.maximum(left, right))
-        left, right = code // n, code % n
-        estimate = estimate_pairs(self.signatures, left, right)
+        code = sorted_unique(_codes(left, right, n))
+        del left, right
+        estimate = estimate_pairs(self.signatures, code // n, code % n)
         keep = estimate >= (self.floor if floor is None else floor)
-        self.counts["prefiltered"] += int((~keep).sum())
-        by_estimate = np.argsort(-estimate[keep], kind="stable")
-        left, right = left[keep][by_estimate], right[keep][by_estimate]
+        self.counts["prefiltered"] += int(len(keep) - keep.sum())
+        code = code[keep]
+        return code // n, code % n, estimate[keep]
+
+    def verify(self, left: np.ndarray, right: np.ndarray, estimate: np.ndarray, cap: int | None = None) -> None:
+        """Verify screened candidates, best estimate first, a few per pair of clusters per round."""
+        by_estimate = np.argsort(-estimate, kind="stable")
+        left, right = left[by_estimate], right[by_estimate]
         for batch_left, batch_right in self._rounds(left, right, cap):
             similarity = self.jaccard(batch_left, batch_right)
             self.counts["verified"] += len(similarity)
@@ -256,19 +273,50 @@ class JoinPlan:
 
 
 def _codes(left: np.ndarray, right: np.ndarray, n: int) -> np.ndarray:
-    return np.minimum(left, right) * n + np.maximum(left, right)
+    """One int64 per unordered pair of rows."""
+    return np.minimum(left, right).astype(np.int64) * n + np.maximum(left, right)
+
+
+def _best_per_cluster_pair(
+    finder: ArrayUnionFind, left: np.ndarray, right: np.ndarray, estimate: np.ndarray, count: int
+) -> np.ndarray:
+    """Mask of the ``count`` best estimates among the candidates of each pair of clusters."""
+    n = len(finder.parent)
+    group = _codes(finder.roots(left), finder.roots(right), n)
+    order = np.lexsort((-estimate, group))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = group[order[1:]] != group[order[:-1]]
+    position = np.arange(len(order))
+    rank = position - np.maximum.accumulate(np.where(first, position, 0))
+    keep = np.zeros(len(order), dtype=bool)
+    keep[order[rank < count]] = True
+    return keep
 
 
 def _offer_merged(state: JoinState, links: Iterator[tuple[np.ndarray, np.ndarray]], plan: JoinPlan) -> None:
-    """Offer the links of all bands at once: a pair in several bands is one candidate, capped per cluster pair."""
+    """Offer the links of all bands at once: a pair in several bands is one candidate, capped per cluster pair.
+
+    Each band's links are screened first and only the ``pair_cap`` best of each pair of clusters are held for
+    all bands: at 1M records the cheap buckets alone give 25M links, 18M of them above the prefilter.
+    """
     n = len(state.finder.parent)
-    codes = []
+    codes, estimates = [], []
     for left, right in links:
-        left, right = state.apart(left, right)
-        codes.append(_codes(left, right, n))
-    merged = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
-    del codes
-    state.offer(merged // n, merged % n, cap=plan.pair_cap, floor=plan.sampled_floor)
+        left, right, estimate = state.screen(left, right, plan.sampled_floor)
+        keep = _best_per_cluster_pair(state.finder, left, right, estimate, plan.pair_cap)
+        codes.append(_codes(left[keep], right[keep], n))
+        estimates.append(estimate[keep].astype(np.float32))  # k / num_perm: exact in float32
+    if not codes:
+        return
+    code, estimate = np.concatenate(codes), np.concatenate(estimates)
+    del codes, estimates
+    order = np.argsort(code, kind="stable")
+    code, estimate = code[order], estimate[order]
+    first = np.ones(len(code), dtype=bool)
+    first[1:] = code[1:] != code[:-1]  # a pair from several bands: its estimate is the same in each
+    left, right, estimate = code[first] // n, code[first] % n, estimate[first]
+    keep = _best_per_cluster_pair(state.finder, left, right, estimate, plan.pair_cap)
+    state.verify(left[keep], right[keep], estimate[keep], cap=plan.pair_cap)
 
 
 def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dict[str, int]:
