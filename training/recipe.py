@@ -185,6 +185,7 @@ def _setup(
     val_set = format_conversations(tokenizer, validation, **fmt)  # type: ignore[arg-type]
     if not train_set.examples:
         raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
+    n_task = len(train_set.examples)  # the rehearsal conversations follow: batches never mix the two
     _add_rehearsal(train_set, format_conversations(tokenizer, general, **fmt), config)  # type: ignore[arg-type]
 
     load: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, "trust_remote_code": trust}
@@ -205,6 +206,7 @@ def _setup(
         config.batch_size,
         seed=config.seed,
         group_by_length=config.group_by_length,
+        pools=[0] * n_task + [1] * (len(train_set.examples) - n_task),
     )
     steps_per_epoch = math.ceil(len(sampler) / config.grad_accum)
     mean_step_label_tokens = sum(e.weighted_label_tokens for e in train_set.examples) / max(steps_per_epoch, 1)

@@ -123,3 +123,22 @@ def test_each_general_conversation_weighs_like_an_average_task_example() -> None
         tokens, FormattedSet(examples=[example(100)]), load_train_config({"rehearsal": {"weighting": "token"}})
     )
     assert [e.weight for e in tokens.examples] == [1.0, 1.0]
+
+
+def test_batches_never_mix_task_and_general_conversations() -> None:
+    from training.formatting import LengthGroupedBatchSampler
+
+    lengths = [50] * 90 + [170] * 10
+    pools = [0] * 90 + [1] * 10
+    for grouped in (False, True):
+        sampler = LengthGroupedBatchSampler(lengths, 8, seed=3, group_by_length=grouped, pools=pools)
+        batches = sampler.batches(0)
+        assert len(batches) == len(sampler) == 12 + 2  # ceil(90 / 8) + ceil(10 / 8)
+        assert sorted(i for b in batches for i in b) == list(range(100))
+        assert all(len({pools[i] for i in b}) == 1 for b in batches)
+        general_at = [n for n, b in enumerate(batches) if pools[b[0]] == 1]
+        assert general_at != [12, 13]  # shuffled among the task batches, not appended at the end
+    single = LengthGroupedBatchSampler(lengths, 8, seed=3, group_by_length=False)
+    assert single.batches(1) == LengthGroupedBatchSampler(
+        lengths, 8, seed=3, group_by_length=False, pools=[0] * 100
+    ).batches(1)
