@@ -1,4 +1,4 @@
-"""Model loading and the two ways a system answers: greedy generation and label log-likelihood ranking.
+"""Model loading, greedy generation, and the label log-likelihoods that label ranking is built on.
 
 Batched generation pads on the left (so every row's next token sits in the last column), sorts prompts by
 length so a batch pads as little as possible, and restores input order. With the attention mask and
@@ -375,13 +375,11 @@ def label_loglikelihoods(
     return scores
 
 
-def label_loglikelihood_ranking(
-    model: Model,
-    tokenizer: Tokenizer,
-    conversations: Sequence[Conversation],
-    labels: Sequence[str],
-    batch_size: int = 8,
-) -> list[str]:
-    """The most likely label of the set as the assistant's answer to each conversation (ties: first label)."""
-    scores = label_loglikelihoods(model, tokenizer, conversations, labels, batch_size)
-    return [labels[int(row.argmax())] for row in scores]
+def __getattr__(name: str) -> Any:
+    # The ranking entry point moved to eval/label_ranking.py (calibration, pruned search), which imports this
+    # module's helpers; it is re-exported lazily so that neither import order is circular.
+    if name == "label_loglikelihood_ranking":
+        from eval import label_ranking
+
+        return label_ranking.label_loglikelihood_ranking
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,14 +25,8 @@ from eval.baselines import adapter_messages, few_shot_messages, select_shots, ze
 from eval.examples import EvalExample, EvalTask, TaskKind, eval_set_hash
 from eval.gate import GateThresholds, GateVerdict, RegressionCheck, decide
 from eval.general import GeneralConfig, regression_check, skipped
-from eval.generation import (
-    Model,
-    Tokenizer,
-    generate_greedy,
-    label_loglikelihood_ranking,
-    load_model,
-    render_prompts,
-)
+from eval.generation import Model, Tokenizer, generate_greedy, load_model, render_prompts
+from eval.label_ranking import CONTENT_FREE_INPUTS, label_loglikelihood_ranking
 from eval.loss import reference_losses
 from schemas.compute import torch_threads
 
@@ -68,6 +62,13 @@ class EvalConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the shot draw (and of the bootstrap, via thresholds).")
     batch_size: int = Field(default=16, ge=1, description="Conversations per generate() call.")
     ranking_batch_size: int = Field(default=8, ge=1, description="Prompts per label-ranking pass.")
+    ranking_calibration: Literal["contextual", "none"] = Field(
+        default="contextual",
+        description="base_label_ranking scores: contextual (Zhao et al. 2021: each label's log-likelihood minus "
+        "the log of its mean probability, normalised over the labels, under the same prompt with the dialogue "
+        f"replaced by each of {list(CONTENT_FREE_INPUTS)}) or none (raw log-likelihood). On banking77 (308 test "
+        "queries, SmolLM2-135M) raw ranking was right 2.6% of the time, calibrated 14.3%. Part of the eval id.",
+    )
     contamination: Literal["fail", "exclude"] = Field(
         default="fail",
         description="Eval examples that overlap the training data: fail (the gate fails while any is in the eval "
@@ -316,7 +317,7 @@ def run_eval(
         def answer_with(name: str, convs: list[list[dict[str, str]]]) -> Callable[[], list[str]]:
             if name == BASE_LABEL_RANKING:
                 return lambda: label_loglikelihood_ranking(
-                    model, tokenizer, convs, task.labels, config.ranking_batch_size
+                    model, tokenizer, convs, task.labels, config.ranking_batch_size, config.ranking_calibration
                 )
             return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=name)
 

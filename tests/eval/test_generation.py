@@ -7,11 +7,11 @@ import pytest
 from eval.generation import (
     generate_greedy,
     generate_one_by_one,
-    label_loglikelihood_ranking,
     label_loglikelihoods,
     load_model,
     render_prompts,
 )
+from eval.label_ranking import label_loglikelihood_ranking
 from tests.eval.conftest import LABELS
 
 
@@ -89,7 +89,7 @@ def test_label_ranking_matches_full_sequence_loglikelihood(chatty_model_dir: Pat
                 logp = model(input_ids=torch.tensor([prompt_ids + label_ids])).logits[0].log_softmax(-1)
             expected = sum(logp[len(prompt_ids) - 1 + t, tok].item() for t, tok in enumerate(label_ids))
             assert scores[c, j] == pytest.approx(expected, abs=1e-3)
-    ranked = label_loglikelihood_ranking(model, tokenizer, convs, labels)
+    ranked = label_loglikelihood_ranking(model, tokenizer, convs, labels, calibration="none")
     assert all(answer in labels for answer in ranked)
     assert ranked == [labels[int(row.argmax())] for row in scores]
 
