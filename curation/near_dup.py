@@ -177,52 +177,25 @@ def find_near_duplicates(
         sketches = MinHasher(config.minhash_params()).sketch(texts, on_batch=hook)
     active = sketches.n_shingles > 0
     clock.append(time.perf_counter())
-    bands, rows = config.band_params()
-    sigma = math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
-    margin = 0.0 if config.prefilter_sigmas is None else config.prefilter_sigmas * sigma
     finder = ArrayUnionFind(len(ids))
     if mode == "clusters":
-        runs = [band_runs(sketches.signatures, np.flatnonzero(active), band, rows) for band in range(bands)]
-        sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
-        floor = config.threshold - margin if config.prefilter_sigmas is not None else -1.0
-        sampled_floor = (
-            floor
-            if config.prefilter_sigmas is None
-            else max(floor, config.threshold - config.sampled_prefilter_sigmas * sigma)
-        )
-        state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)
-        clock.append(time.perf_counter())
-        plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
-        completion = join_clusters(state, runs, plan)
-        good_left, good_right, similarity = state.pairs()
-        counts = state.counts
-        stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
-        stats.update(
-            join="clusters",
-            joined_pairs=counts["joined"],
-            prefiltered_pairs=counts["prefiltered"],
-            jaccard_computed=counts["verified"],
-            **completion,
-        )
+        good_left, good_right, similarity, sets, stats = _join_clusters(texts, sketches, config, finder, shingles)
     else:
-        left, right = candidate_pairs(sketches.signatures, bands, rows, active, config.bucket_window)
-        n_candidates = len(left)
-        if config.prefilter_sigmas is not None and n_candidates:
-            keep = estimate_pairs(sketches.signatures, left, right) >= config.threshold - margin
-            left, right = left[keep], right[keep]
-        clock.append(time.perf_counter())
-        good_left, good_right, similarity, sets = verify_pairs(texts, left, right, config.threshold, config.ngram)
-        finder.union(good_left, good_right)
-        stats = match_stats(config, bands, rows, n_candidates, len(left), len(similarity))
-    clock.append(time.perf_counter())
+        good_left, good_right, similarity, sets, stats = _join_pairs(texts, sketches, config, finder)
+    clock.append(time.perf_counter())  # the join's own stage times are in stats
     nearest = _nearest(ids, good_left, good_right, similarity)
     clusters = _clusters(ids, _groups(finder.parent), ranks, sets, prefix)
     clock.append(time.perf_counter())
+    sketch_seconds, join_seconds, cluster_seconds = np.diff(clock).round(3).tolist()
+    candidates_seconds = stats.pop("candidates_seconds")
     stats.update(
         empty_texts=int((~active).sum()),
-        stage_seconds=dict(
-            zip(("sketch", "candidates", "verify", "cluster"), np.diff(clock).round(3).tolist(), strict=True)
-        ),
+        stage_seconds={
+            "sketch": sketch_seconds,
+            "candidates": candidates_seconds,
+            "verify": round(join_seconds - candidates_seconds, 3),
+            "cluster": cluster_seconds,
+        },
     )
     empty = {ids[i] for i in np.flatnonzero(~active).tolist()}
     pairs = [
@@ -230,6 +203,62 @@ def find_near_duplicates(
         for i, j, s in zip(good_left.tolist(), good_right.tolist(), similarity.tolist(), strict=True)
     ]
     return NearDupResult(clusters, pairs, nearest, empty, stats)
+
+
+JoinOutput = tuple[np.ndarray, np.ndarray, np.ndarray, ShingleSets, dict[str, Any]]
+
+
+def _join_clusters(
+    texts: Sequence[str],
+    sketches: Sketches,
+    config: NearDupConfig,
+    finder: ArrayUnionFind,
+    shingles: ShingleRuns | None,
+) -> JoinOutput:
+    """The linear join: buckets per band, shingle sets of their members, :func:`join_clusters`."""
+    started = time.perf_counter()
+    bands, rows = config.band_params()
+    active = np.flatnonzero(sketches.n_shingles > 0)
+    runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
+    sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
+    floor = sampled_floor = -1.0
+    if config.prefilter_sigmas is not None:
+        sigma = math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+        floor = config.threshold - config.prefilter_sigmas * sigma
+        sampled_floor = max(floor, config.threshold - config.sampled_prefilter_sigmas * sigma)
+    state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)
+    candidates_seconds = time.perf_counter() - started
+    plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
+    completion = join_clusters(state, runs, plan)
+    counts = state.counts
+    stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
+    stats.update(
+        join="clusters",
+        joined_pairs=counts["joined"],
+        prefiltered_pairs=counts["prefiltered"],
+        jaccard_computed=counts["verified"],
+        candidates_seconds=round(candidates_seconds, 3),
+        **completion,
+    )
+    return (*state.pairs(), sets, stats)
+
+
+def _join_pairs(texts: Sequence[str], sketches: Sketches, config: NearDupConfig, finder: ArrayUnionFind) -> JoinOutput:
+    """The all-pairs join: every pair of a bucket (up to ``bucket_window`` partners per text), all verified."""
+    started = time.perf_counter()
+    bands, rows = config.band_params()
+    left, right = candidate_pairs(sketches.signatures, bands, rows, sketches.n_shingles > 0, config.bucket_window)
+    n_candidates = len(left)
+    if config.prefilter_sigmas is not None and n_candidates:
+        sigma = math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
+        keep = estimate_pairs(sketches.signatures, left, right) >= config.threshold - config.prefilter_sigmas * sigma
+        left, right = left[keep], right[keep]
+    candidates_seconds = time.perf_counter() - started
+    good_left, good_right, similarity, sets = verify_pairs(texts, left, right, config.threshold, config.ngram)
+    finder.union(good_left, good_right)
+    stats = match_stats(config, bands, rows, n_candidates, len(left), len(similarity))
+    stats["candidates_seconds"] = round(candidates_seconds, 3)
+    return good_left, good_right, similarity, sets, stats
 
 
 def _collect(runs: ShingleRuns, lo: int, hi: int, batch: ShingleBatch) -> None:
