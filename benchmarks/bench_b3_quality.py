@@ -74,7 +74,7 @@ def refinery_runs(texts: list[str], threshold: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in ("pairs", "clusters"):
         started = time.perf_counter()
-        result = find_near_duplicates(ids, texts, ranks, NearDupConfig(threshold=threshold), mode=mode)  # type: ignore[arg-type]
+        result = find_near_duplicates(ids, texts, ranks, NearDupConfig(threshold=threshold), mode=mode)
         label = np.full(len(texts), -1, dtype=np.int64)
         for c, cluster in enumerate(result.clusters):
             label[[int(m[4:]) for m in cluster.members]] = c
@@ -110,7 +110,7 @@ def datasketch_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]
         for i, m in enumerate(sketches):
             if batch.counts[i]:
                 session.insert(i, m, check_duplication=False)
-    pairs = set()
+    pairs: set[tuple[int, int]] = set()
     for i, m in enumerate(sketches):
         if batch.counts[i]:
             pairs.update((min(i, j), max(i, j)) for j in lsh.query(m) if j != i)
