@@ -86,7 +86,8 @@ class NearDupConfig(BaseModel):
         4_000_000,
         ge=0,
         description="Clusters join: when completing every LSH bucket takes at most this many pairs across "
-        "clusters, every bucket is completed and the clusters equal the all-pairs join's (about 8 s at most).",
+        "clusters, every bucket is completed and the clusters are those of every pair of every bucket (the "
+        "all-pairs join's, without its bucket_window cap); about 8 s at most.",
     )
     prefilter_sigmas: float | None = Field(
         4.0,
