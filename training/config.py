@@ -55,6 +55,13 @@ class RehearsalSpec(BaseModel):
         description="Fraction of the mixed training set that is general conversations (0 turns rehearsal off). "
         "0.1: measured in docs/EVAL.md against the general-capability check and task accuracy.",
     )
+    max_tokens: int = Field(
+        default=256,
+        ge=16,
+        description="General conversations longer than this many tokens (chat template included) are not drawn: one "
+        "long conversation makes its whole batch long (253 of the 300 shipped fit at 256, 139 tokens on average, "
+        "against about 50 for an intent example).",
+    )
     weighting: Literal["example", "token"] = Field(
         default="example",
         description="example: each general conversation weighs in the loss like an average task example, whatever "

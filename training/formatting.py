@@ -204,6 +204,7 @@ class LengthGroupedBatchSampler:
         mega_batch_factor: int = 32,
         group_by_length: bool = True,
         pools: Sequence[int] | None = None,
+        grouped_pools: Sequence[int] = (),
     ) -> None:
         if batch_size < 1 or mega_batch_factor < 1:
             raise ValueError("batch_size and mega_batch_factor must be >= 1")
@@ -215,6 +216,7 @@ class LengthGroupedBatchSampler:
         self.mega_batch_factor = mega_batch_factor
         self.group_by_length = group_by_length
         self.pools = list(pools) if pools is not None else [0] * len(self.lengths)
+        self.grouped_pools = set(grouped_pools)  # batched by length even when group_by_length is off
 
     def __len__(self) -> int:
         counts = Counter(self.pools)
@@ -227,14 +229,14 @@ class LengthGroupedBatchSampler:
         batches: list[list[int]] = []
         for pool in sorted(set(self.pools)):
             members = [i for i in order if self.pools[i] == pool]
-            batches.extend(self._cut(members))
+            batches.extend(self._cut(members, self.group_by_length or pool in self.grouped_pools))
         if not self.group_by_length and len(set(self.pools)) == 1:
             return batches  # a plain shuffle: the batches are already in random order
         rng.shuffle(batches)
         return batches
 
-    def _cut(self, order: list[int]) -> list[list[int]]:
-        if not self.group_by_length:
+    def _cut(self, order: list[int], grouped: bool) -> list[list[int]]:
+        if not grouped:
             return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         mega = self.batch_size * self.mega_batch_factor
         batches: list[list[int]] = []

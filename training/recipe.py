@@ -17,6 +17,7 @@ import random
 import resource
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ from training.config import ConfigError, TrainConfig, default_target_modules
 from training.curves import write_curves
 from training.formatting import (
     FormattedSet,
+    FormattingError,
     LengthGroupedBatchSampler,
     PaddingCollator,
     TokenizedExample,
     format_conversations,
+    tokenize_conversation,
 )
 from training.loss import token_loss
-from training.rehearsal import draw_rehearsal
+from training.rehearsal import RehearsalMix, draw_rehearsal
 
 Conversation = list[dict[str, str]]
 LAST_N_STEPS = 10  # train_loss is the mean of the last this-many step losses
@@ -92,6 +95,8 @@ class _Run:
     target_modules: list[str]
     tokenizer: Any
     mean_step_label_tokens: float  # label tokens per optimizer step, averaged over the training set
+    general: list[Conversation]  # the rehearsal conversations drawn for this run
+    rehearsal: RehearsalMix
 
 
 def train_lora(
@@ -131,9 +136,8 @@ def _train_and_save(
 ) -> TrainResult:
     base_path = base.path if isinstance(base, BaseModel) else Path(base)
     trust = config.trust_remote_code or (isinstance(base, BaseModel) and base.trust_remote_code)
-    general, mix = draw_rehearsal(len(train), config.rehearsal.share, config.seed, config.rehearsal.path)
-    run = _setup(base_path, trust, train, general, validation, config)
-    fingerprint = _fingerprint(base, train + general, validation, config)
+    run = _setup(base_path, trust, train, validation, config)
+    fingerprint = _fingerprint(base, train + run.general, validation, config)
     state = ckpt.LoopState(fingerprint=fingerprint)
     best_adapter: dict[str, Any] | None = None
     if checkpoint_dir is not None and (latest := ckpt.latest_checkpoint(checkpoint_dir)) is not None:
@@ -151,7 +155,7 @@ def _train_and_save(
         if config.method == "full":  # a standalone model folder: loadable as a base model on its own
             run.tokenizer.save_pretrained(staging)
         result = _result(run, state, config, time.perf_counter() - started)
-        result.rehearsal = mix.to_json()
+        result.rehearsal = run.rehearsal.to_json()
         write_curves(staging, state.train_curve, state.val_curve, result.to_json())
     if checkpoint_dir is not None:  # the adapter is safe; the checkpoints have served their purpose
         for folder in checkpoint_dir.glob("step-*"):
@@ -163,12 +167,7 @@ def _train_and_save(
 
 
 def _setup(
-    base_path: Path,
-    trust: bool,
-    train: list[Conversation],
-    general: list[Conversation],
-    validation: list[Conversation],
-    config: TrainConfig,
+    base_path: Path, trust: bool, train: list[Conversation], validation: list[Conversation], config: TrainConfig
 ) -> _Run:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -185,6 +184,9 @@ def _setup(
     val_set = format_conversations(tokenizer, validation, **fmt)  # type: ignore[arg-type]
     if not train_set.examples:
         raise ValueError(f"no usable training conversations (dropped: {dict(train_set.dropped)})")
+    general, mix = draw_rehearsal(
+        len(train), config.rehearsal.share, config.seed, config.rehearsal.path, _fits(tokenizer, config)
+    )
     n_task = len(train_set.examples)  # the rehearsal conversations follow: batches never mix the two
     _add_rehearsal(train_set, format_conversations(tokenizer, general, **fmt), config)  # type: ignore[arg-type]
 
@@ -207,6 +209,7 @@ def _setup(
         seed=config.seed,
         group_by_length=config.group_by_length,
         pools=[0] * n_task + [1] * (len(train_set.examples) - n_task),
+        grouped_pools=[1],  # general conversations vary from 20 to 256 tokens: always batch similar lengths
     )
     steps_per_epoch = math.ceil(len(sampler) / config.grad_accum)
     mean_step_label_tokens = sum(e.weighted_label_tokens for e in train_set.examples) / max(steps_per_epoch, 1)
@@ -232,7 +235,22 @@ def _setup(
         target_modules=list(targets),
         tokenizer=tokenizer,
         mean_step_label_tokens=mean_step_label_tokens,
+        general=general,
+        rehearsal=mix,
     )
+
+
+def _fits(tokenizer: Any, config: TrainConfig) -> Callable[[Conversation], bool]:
+    """Whether a general conversation is short enough (``rehearsal.max_tokens``) to be drawn."""
+
+    def fits(conversation: Conversation) -> bool:
+        try:
+            tokenize_conversation(tokenizer, conversation, config.rehearsal.max_tokens, "drop", config.system_prompt)
+        except FormattingError:
+            return False
+        return True
+
+    return fits
 
 
 def _add_rehearsal(train_set: FormattedSet, general: FormattedSet, config: TrainConfig) -> None:

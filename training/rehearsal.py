@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
@@ -46,6 +47,7 @@ class RehearsalMix:
     task_conversations: int
     general_conversations: int
     unique_general: int
+    eligible_general: int  # conversations of the set short enough to be drawn
     source: str
     sha256: str | None
 
@@ -118,17 +120,26 @@ def general_count(share: float, task_conversations: int) -> int:
 
 
 def draw_rehearsal(
-    task_conversations: int, share: float, seed: int, path: Path | str | None = None
+    task_conversations: int,
+    share: float,
+    seed: int,
+    path: Path | str | None = None,
+    fits: Callable[[Conversation], bool] | None = None,
 ) -> tuple[list[Conversation], RehearsalMix]:
-    """The general conversations that make up ``share`` of a set with ``task_conversations`` task ones (seeded)."""
+    """The general conversations that make up ``share`` of a set with ``task_conversations`` task ones (seeded),
+    drawn from those of the set that ``fits`` accepts (all when None)."""
     wanted = general_count(share, task_conversations)
     if wanted == 0:
-        return [], RehearsalMix(share, task_conversations, 0, 0, "none", None)
+        return [], RehearsalMix(share, task_conversations, 0, 0, 0, "none", None)
     pool, name, digest = load_rehearsal_set(path)
+    eligible = [c for c in pool if fits is None or fits(c)]
+    if not eligible:
+        raise RehearsalSetError(f"no conversation of the rehearsal set {name} fits rehearsal.max_tokens")
     rng = random.Random(f"rehearsal:{seed}")
     drawn: list[Conversation] = []
     while len(drawn) < wanted:  # every conversation once before any repeats
-        order = list(range(len(pool)))
+        order = list(range(len(eligible)))
         rng.shuffle(order)
-        drawn.extend(pool[i] for i in order[: wanted - len(drawn)])
-    return drawn, RehearsalMix(share, task_conversations, wanted, min(wanted, len(pool)), name, digest)
+        drawn.extend(eligible[i] for i in order[: wanted - len(drawn)])
+    unique = min(wanted, len(eligible))
+    return drawn, RehearsalMix(share, task_conversations, wanted, unique, len(eligible), name, digest)

@@ -67,9 +67,18 @@ def test_the_draw_is_seeded_and_repeats_only_after_a_full_pass() -> None:
     first_pass = [json.dumps(c) for c in general[:300]]
     assert len(set(first_pass)) == 300  # every shipped conversation once before any repeats
     assert mix.general_conversations == 400 and mix.unique_general == 300 and mix.task_conversations == 3600
+    assert mix.eligible_general == 300
     assert mix.sha256 == SHIPPED_SHA256 and mix.source == "refinery:rehearsal.jsonl"
     none, off = draw_rehearsal(5000, 0.0, seed=0)
     assert none == [] and off.general_conversations == 0 and off.sha256 is None
+
+
+def test_only_conversations_that_fit_are_drawn() -> None:
+    short = lambda c: sum(len(m["content"]) for m in c) < 300  # noqa: E731
+    general, mix = draw_rehearsal(900, 0.1, seed=0, fits=short)
+    assert all(short(c) for c in general) and mix.eligible_general < 300
+    with pytest.raises(RehearsalSetError, match="fits rehearsal.max_tokens"):
+        draw_rehearsal(900, 0.1, seed=0, fits=lambda c: False)
 
 
 def test_the_config_carries_rehearsal_with_a_default_share() -> None:
@@ -138,6 +147,13 @@ def test_batches_never_mix_task_and_general_conversations() -> None:
         assert all(len({pools[i] for i in b}) == 1 for b in batches)
         general_at = [n for n, b in enumerate(batches) if pools[b[0]] == 1]
         assert general_at != [12, 13]  # shuffled among the task batches, not appended at the end
+    varied = [50] * 90 + [20 + 25 * i for i in range(10)]  # general conversations of 20 to 245 tokens
+    sampler = LengthGroupedBatchSampler(varied, 8, seed=3, group_by_length=False, pools=pools, grouped_pools=[1])
+    general = [b for b in sampler.batches(0) if pools[b[0]] == 1]
+    assert [[varied[i] for i in b] for b in sorted(general, key=len, reverse=True)] == [
+        [245, 220, 195, 170, 145, 120, 95, 70],
+        [45, 20],
+    ]  # the general pool is batched by length even with group_by_length off
     single = LengthGroupedBatchSampler(lengths, 8, seed=3, group_by_length=False)
     assert single.batches(1) == LengthGroupedBatchSampler(
         lengths, 8, seed=3, group_by_length=False, pools=[0] * 100
