@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, field_validator
 from eval.baselines import adapter_messages, few_shot_messages, select_shots, zero_shot_messages
 from eval.examples import EvalExample, EvalTask, TaskKind, eval_set_hash
 from eval.gate import GateThresholds, GateVerdict, RegressionCheck, decide
-from eval.general import GeneralConfig, regression_check, skipped
+from eval.general import GeneralConfig, GeneralSet, regression_check, skipped
 from eval.generation import Model, Tokenizer, generate_greedy, load_model, render_prompts
 from eval.label_ranking import CONTENT_FREE_INPUTS, label_loglikelihood_ranking
 from eval.loss import reference_losses
@@ -283,17 +283,15 @@ def run_eval(
     config: EvalConfig | None = None,
     contaminated: bool = False,
     champion: Champion | None = None,
-    general_set: Path | None = None,
-    base_model_id: str | None = None,
-    cache_dir: Path | None = None,
+    general_set: GeneralSet | None = None,
 ) -> EvalReport:
     """Evaluate the adapter and the baselines on ``examples``; return the report with the verdict.
 
     ``shots_pool`` is the training split the few-shot examples are drawn from (never the eval set: any shot
     equal to an eval example is excluded). ``contaminated`` (the eval set overlaps training data, as found by
     decontamination) makes the verdict fail whatever the scores. ``champion`` is the promoted adapter on the
-    same base, run as the baseline "champion". ``general_set`` (a JSONL of prompts) enables the regression
-    check; the base model's reference answers are cached in ``cache_dir`` under ``base_model_id``.
+    same base, run as the baseline "champion". ``general_set`` (prompts with human reference answers, see
+    eval/general.py) enables the general-capability regression check.
     """
     config = config or EvalConfig()
     with torch_threads(config.cpu_threads):  # restored afterwards, also on error
@@ -331,7 +329,7 @@ def run_eval(
                     losses = reference_losses(model, tokenizer, convs, references, config.batch_size, f"{name} loss")
                     results[name].metrics["reference_loss"] = losses.mean
 
-        regression = _regression(model, tokenizer, config, general_set, base_model_id or str(base_path), cache_dir)
+        regression = _regression(model, tokenizer, config, general_set)
         verdict = decide(
             results[ADAPTER].scores,
             {name: r.scores for name, r in results.items() if name != ADAPTER},
@@ -357,25 +355,11 @@ def run_eval(
         )
 
 
-def _regression(
-    model: Model,
-    tokenizer: Tokenizer,
-    config: EvalConfig,
-    general_set: Path | None,
-    base_model_id: str,
-    cache_dir: Path | None,
-) -> RegressionCheck:
+def _regression(model: Model, tokenizer: Tokenizer, config: EvalConfig, general: GeneralSet | None) -> RegressionCheck:
     if not config.general.enabled:
         return skipped("disabled in the eval config (general.enabled: false)")
-    if general_set is None:
-        return skipped("no general set available (set general.path in the eval config)")
+    if general is None:
+        return skipped("no general set given")
     return regression_check(
-        model,
-        tokenizer,
-        lambda: _base_only(model),
-        general_set,
-        config.general,
-        config.thresholds.max_regression,
-        base_model_id,
-        cache_dir,
+        model, tokenizer, lambda: _base_only(model), general, config.general, config.thresholds.max_regression
     )

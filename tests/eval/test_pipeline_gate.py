@@ -52,11 +52,11 @@ def test_champion_promote_and_rollback_through_the_cli(tmp_path: Path, tiny_mode
     assert first != second
 
     general = tmp_path / "general.jsonl"
-    general.write_text("\n".join(json.dumps({"turns": [p]}) for p in ["Hello!", "Where is my card?"]) + "\n")
+    answers = {"Hello!": "Hello, how can I help?", "Where is my card?": "It is on its way."}
+    general.write_text("".join(json.dumps({"prompt": p, "response": a}) + "\n" for p, a in answers.items()))
     eval_config = tmp_path / "eval.yaml"
     eval_config.write_text(
-        "systems: [adapter, base_zero_shot, champion]\nmax_new_tokens: 4\n"
-        f"general:\n  path: {general}\n  limit: 2\n  max_new_tokens: 6\n"
+        f"systems: [adapter, base_zero_shot, champion]\nmax_new_tokens: 4\ngeneral:\n  path: {general}\n"
     )
     eval_args = ["eval", "--eval-set", "heldout", "--config", str(eval_config)]
 
@@ -67,10 +67,11 @@ def test_champion_promote_and_rollback_through_the_cli(tmp_path: Path, tiny_mode
     assert forced["action"] == "force_promote" and forced["reason"] == "bootstrap the registry"
 
     # the champion is skipped when it is the adapter under test ...
-    own = _cli(runner, ws, *eval_args, "--adapter", first, code=None)
+    own = _cli(runner, ws, *eval_args, "--adapter", first, code=1)
     assert "champion" not in own["baselines"] and own["champion_adapter_id"] is None
+    assert own["verdict"] == "fail" and "is not above the minimum gain" in own["reason"]
     # ... and is a baseline, with its adapter id, for any other adapter
-    verdict = _cli(runner, ws, *eval_args, "--adapter", second, code=None)
+    verdict = _cli(runner, ws, *eval_args, "--adapter", second, code=1)
     assert {"verdict", "metric", "adapter", "baselines", "ci_low", "ci_high", "regression", "contamination"} <= set(
         verdict
     )
@@ -78,7 +79,12 @@ def test_champion_promote_and_rollback_through_the_cli(tmp_path: Path, tiny_mode
     assert verdict["champion_adapter_id"] == first
     assert verdict["comparisons"]["champion"]["adapter_id"] == first
     assert verdict["contamination"] == "clean" and verdict["contaminated_items"] == 0
-    assert verdict["regression"]["status"] in ("pass", "fail") and verdict["regression"]["n_prompts"] == 2
+    assert verdict["regression"]["n_prompts"] == 2 and verdict["regression"]["general_set"] == str(general)
+    # three steps on a random tiny model teach nothing: the challenger ties the champion and the base, and fails
+    assert verdict["adapter"] == 0.0 and verdict["baselines"] == {"base_zero_shot": 0.0, "champion": 0.0}
+    assert verdict["verdict"] == "fail" and verdict["diff"] == 0.0
+    assert "the difference +0.00 is not above the minimum gain 0.00" in verdict["reason"]
+    assert verdict["regression"]["status"] == "pass"  # tiny changes to a random model: within +10%
 
     def sql(query: str) -> list[dict[str, Any]]:
         return _cli(runner, ws, "sql", query)  # type: ignore[return-value]
@@ -136,8 +142,11 @@ def test_contaminated_examples_fail_the_gate_or_are_excluded(tmp_path: Path, tin
     failed = _cli(runner, ws, *eval_args, str(tmp_path / "fail.yaml"), code=1)
     assert failed["verdict"] == "fail" and failed["contamination"] == "contaminated"
     assert failed["contaminated_items"] >= 2 and failed["n_examples"] == 8
-    excluded = _cli(runner, ws, *eval_args, str(tmp_path / "exclude.yaml"), code=None)
+    excluded = _cli(runner, ws, *eval_args, str(tmp_path / "exclude.yaml"), code=1)
     assert excluded["contamination"] == "clean" and excluded["contaminated_items"] == 0
+    # clean now, and judged on the scores alone: two steps taught the tiny model nothing
+    assert excluded["verdict"] == "fail" and "contaminated" not in excluded["reason"].split(" (")[0]
+    assert "is not above the minimum gain" in excluded["reason"]
     assert excluded["excluded_contaminated_items"] == failed["contaminated_items"]
     assert excluded["n_examples"] == 8 - failed["contaminated_items"]
     assert (

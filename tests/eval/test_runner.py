@@ -7,6 +7,8 @@ import pytest
 
 from eval.baselines import zero_shot_messages
 from eval.examples import EvalExample, EvalTask
+from eval.gate import decide
+from eval.general import GeneralSet
 from eval.generation import generate_greedy, load_model
 from eval.runner import ALL_SYSTEMS, CHAMPION, Champion, EvalConfig, default_max_new_tokens, run_eval
 from tests.eval.conftest import labelled_examples
@@ -37,7 +39,17 @@ def test_run_eval_end_to_end(chatty_model_dir: Path, tiny_adapter_dir: Path, tas
     for key in ("verdict", "metric", "adapter", "baselines", "ci_low", "ci_high", "reason", "p_value", "systems"):
         assert key in data
     assert set(data["baselines"]) == set(systems) - {"adapter"} == set(data["comparisons"])
-    assert data["verdict"] in ("pass", "fail")
+    # the stored verdict is the gate's decision on exactly these per-example scores
+    baselines = {name: report.systems[name].scores for name in systems if name != "adapter"}
+    again = decide(report.systems["adapter"].scores, baselines, config.thresholds, metric=task.metric,
+                   regression=report.verdict.regression)  # fmt: skip
+    assert report.verdict == again
+    adapter_score = sum(report.systems["adapter"].scores) / len(examples)
+    strongest = max(baselines, key=lambda name: sum(baselines[name]))
+    assert data["adapter"] == adapter_score and data["strongest_baseline"] == strongest
+    # a random adapter on a random model: no better than the strongest baseline, so the gate must refuse it
+    assert data["diff"] <= 0 and data["verdict"] == "fail"
+    assert "is not above the minimum gain" in data["reason"]
     assert data["regression"]["status"] == "skipped" and "no general set" in data["regression"]["reason"]
     for name in systems:
         assert {"accuracy", "macro_f1", "out_of_label", "seconds", "examples_per_s"} <= set(data["systems"][name])
@@ -79,14 +91,18 @@ def test_free_form_run_with_champion_and_general_check(
 ) -> None:
     """A free-form task: chrF per example, reference loss per system, the champion as a baseline with its
     adapter id, and the general-capability check run on a small general set."""
-    general = tmp_path / "general.jsonl"
-    general.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Hello!", "Where is my card?"]) + "\n")
+    general = GeneralSet(
+        "tiny-general",
+        [[{"role": "user", "content": "Hello!"}], [{"role": "user", "content": "Where is my card?"}]],
+        ["Hello, how can I help?", "It is on its way."],
+        "0" * 64,
+    )
     task = EvalTask(kind="free_form")
     examples = _examples(["Your card is on its way.", "Reset it from the login page.", "Refund sent."])
     config = EvalConfig(
         systems=["adapter", "base_zero_shot", "champion"],
         max_new_tokens=8,
-        general={"limit": 2, "max_new_tokens": 6},
+        general={"limit": 2},
     )
     champion = Champion(adapter_id="adp_champ", path=str(tiny_adapter_dir))
     report = run_eval(
@@ -98,8 +114,6 @@ def test_free_form_run_with_champion_and_general_check(
         config,
         champion=champion,
         general_set=general,
-        base_model_id="base_tiny",
-        cache_dir=tmp_path / "cache",
     )
     data = report.to_json()
     assert data["metric"] == "chrf" and data["champion_adapter_id"] == "adp_champ"
@@ -110,8 +124,11 @@ def test_free_form_run_with_champion_and_general_check(
     for result in report.systems.values():
         assert result.scores == [task.score(p, e.reference) for p, e in zip(result.predictions, examples, strict=True)]
         assert result.metrics["reference_loss"] > 0 and "rouge_l" in result.metrics
-    assert data["regression"]["status"] in ("pass", "fail") and data["regression"]["n_prompts"] == 2
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 1
+    regression = data["regression"]
+    assert regression["n_prompts"] == 2 and regression["general_set"] == "tiny-general"
+    expected = "fail" if regression["relative_change"] > regression["max_regression"] else "pass"
+    assert regression["status"] == expected
+    assert regression["relative_change"] == pytest.approx(regression["adapter_loss"] / regression["base_loss"] - 1)
     assert {r.score for r in report.rows()} <= {s for r in report.systems.values() for s in r.scores}
 
 

@@ -1,0 +1,35 @@
+"""Every shipped example config loads into its model (a typo in a key or a value fails here, not mid-run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from curation.snapshot import SnapshotPolicy
+from eval.runner import EvalConfig
+from training.config import load_train_config
+
+INTENT = Path(__file__).resolve().parents[1] / "examples" / "intent"
+
+
+def _yaml(name: str) -> dict[str, object]:
+    data = yaml.safe_load((INTENT / name).read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def test_the_intent_recipe_configs_load() -> None:
+    train = load_train_config(_yaml("train.yaml"))
+    assert train.epochs >= 1 and train.max_steps is None  # sized by epochs: the same recipe for every data set
+    assert train.rehearsal.share > 0  # the shipped recipe keeps general capability
+    evaluation = EvalConfig.model_validate(_yaml("eval.yaml"))
+    assert "base_label_ranking" in evaluation.systems and evaluation.contamination == "exclude"
+    assert evaluation.general.enabled and evaluation.general.path is None  # the shipped human references
+    policy = SnapshotPolicy.model_validate(_yaml("policy.yaml"))
+    assert policy.test_fraction == 0.0
+
+
+def test_every_yaml_under_examples_is_covered() -> None:
+    shipped = sorted(p.relative_to(INTENT.parent).as_posix() for p in INTENT.parent.rglob("*.yaml"))
+    assert shipped == ["intent/eval.yaml", "intent/policy.yaml", "intent/train.yaml"]
