@@ -31,7 +31,7 @@ def mutate(rng: random.Random, text: str) -> str:
 
 
 def run_ours(texts: list[str]) -> object:
-    from curation.minhash import MinHasher
+    from curation.similarity.minhash import MinHasher
 
     return MinHasher().sketch(texts)
 
@@ -56,8 +56,8 @@ def run_rensa(texts: list[str]) -> object:
 def accuracy(pairs: list[tuple[str, str]]) -> dict[str, dict[str, float]]:
     from datasketch import MinHash
 
-    from curation.minhash import MinHasher, estimate_jaccard
-    from curation.shingles import exact_jaccard, shingle_batch
+    from curation.similarity.minhash import MinHasher, estimate_jaccard
+    from curation.similarity.shingles import exact_jaccard, shingle_batch
 
     errors: dict[str, list[float]] = {"refinery": [], "datasketch": [], "rensa": []}
     hasher = MinHasher()

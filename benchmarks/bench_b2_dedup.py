@@ -140,7 +140,7 @@ def planted_recall(
     texts: list[str], planted: list[tuple[int, int]], label: list[int], threshold: float
 ) -> dict[str, float]:
     """Of the planted pairs whose exact Jaccard reaches the threshold, the share put in one cluster."""
-    from curation.shingles import exact_jaccard, shingle_batch
+    from curation.similarity.shingles import exact_jaccard, shingle_batch
 
     eligible = found = 0
     for lo in range(0, len(planted), 20000):
@@ -154,7 +154,7 @@ def planted_recall(
 
 
 def _exact_step(texts: list[str]) -> tuple[list[str], dict[str, Any], int]:
-    from curation.exact_dup import KeepRank, cluster_exact, dedup_key
+    from curation.similarity.exact import KeepRank, cluster_exact, dedup_key
 
     ids = [f"rec_{i:08d}" for i in range(len(texts))]
     ranks = {rid: KeepRank(1, 0.0, ("2026-01-01", i, 0), rid) for i, rid in enumerate(ids)}
@@ -163,7 +163,7 @@ def _exact_step(texts: list[str]) -> tuple[list[str], dict[str, Any], int]:
 
 
 def worker_refinery(texts: list[str], threshold: float) -> dict[str, Any]:
-    from curation.near_dup import NearDupConfig, find_near_duplicates
+    from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
 
     started = time.perf_counter()
     ids, ranks, exact_removed = _exact_step(texts)

@@ -52,7 +52,7 @@ def sampled_recall(
     ``by_record`` draws the families of random records (so a family of 1,000 is drawn 500 times as often as one
     of two): what a record's family looks like, where the uniform draw is mostly small families.
     """
-    from curation.verify import ShingleSets
+    from curation.similarity.jaccard import ShingleSets
 
     members: dict[int, list[int]] = {}
     for i, f in enumerate(corpus.family):
@@ -87,8 +87,8 @@ def sampled_recall(
 
 
 def worker_refinery(texts: list[str], threshold: float, mode: str) -> tuple[dict[str, Any], np.ndarray]:
-    from curation.exact_dup import KeepRank
-    from curation.near_dup import NearDupConfig, find_near_duplicates
+    from curation.similarity.exact import KeepRank
+    from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
 
     ids = [f"rec_{i:08d}" for i in range(len(texts))]
     ranks = {rid: KeepRank(1, 0.0, ("2026-01-01", i, 0), rid) for i, rid in enumerate(ids)}

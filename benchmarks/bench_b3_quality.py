@@ -40,7 +40,7 @@ def exact_pairs(texts: list[str], thresholds: list[float], ngram: int = 5) -> di
     """All pairs at or above each threshold, by sparse X @ X.T over binary shingle incidence (row blocks)."""
     import scipy.sparse as sp
 
-    from curation.shingles import shingle_batch
+    from curation.similarity.shingles import shingle_batch
 
     batch = shingle_batch(texts, ngram)
     doc = np.repeat(np.arange(len(texts)), batch.counts)
@@ -66,8 +66,8 @@ def exact_pairs(texts: list[str], thresholds: list[float], ngram: int = 5) -> di
 
 def refinery_runs(texts: list[str], threshold: float) -> dict[str, Any]:
     """Both joins: the all-pairs one (its pairs are scored) and the clusters one the scan uses."""
-    from curation.exact_dup import KeepRank
-    from curation.near_dup import NearDupConfig, find_near_duplicates
+    from curation.similarity.exact import KeepRank
+    from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
 
     ids = [f"rec_{i:06d}" for i in range(len(texts))]
     ranks = {rid: KeepRank(1, 0.0, ("t", i, 0), rid) for i, rid in enumerate(ids)}
@@ -99,7 +99,7 @@ def co_clustered(label: np.ndarray, truth: set[tuple[int, int]]) -> float:
 def datasketch_pairs(texts: list[str], threshold: float) -> set[tuple[int, int]]:
     from datasketch import MinHash, MinHashLSH
 
-    from curation.shingles import shingle_batch
+    from curation.similarity.shingles import shingle_batch
 
     batch = shingle_batch(texts)
     sketches = MinHash.bulk(
@@ -126,8 +126,8 @@ def prf(found: set[tuple[int, int]], truth: set[tuple[int, int]]) -> dict[str, f
 
 
 def ladder() -> list[dict[str, Any]]:
-    from curation.exact_dup import KeepRank
-    from curation.near_dup import NearDupConfig, find_near_duplicates
+    from curation.similarity.exact import KeepRank
+    from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
 
     rows = toolformer()
     ids = [f"rec_{i:06d}" for i in range(len(rows))]

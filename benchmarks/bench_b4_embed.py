@@ -10,7 +10,7 @@ Toolformer prompts and responses, distinct, interleaved, cut to --n. Side by sid
 
 - baseline: ``SentenceTransformer.encode(texts)`` with its defaults (batch 32), timed before and after the
   other runs; the faster of the two is the baseline (the conservative choice on a loaded machine);
-- first scan: ``curation.embeddings.embed_texts`` into an empty workspace cache with the default backend
+- first scan: ``curation.embeddings.cache.embed_texts`` into an empty workspace cache with the default backend
   (``REFINERY_EMBED_BACKEND`` / ``REFINERY_EMBED_ONNX`` apply; token-budget batches, cache writes included), with
   the cosine of every row to the baseline's (min and mean) and the backend that ran;
 - rescan: the same texts with --new of them replaced by unseen ones, cache read back from disk as a new process
@@ -22,9 +22,9 @@ Toolformer prompts and responses, distinct, interleaved, cut to --n. Side by sid
 --threads (default 1) applies to torch (``torch.set_num_threads``) and onnxruntime (``REFINERY_EMBED_THREADS``)
 alike, so the ratio compares like with like on a shared machine.
 
-kNN: ``curation.knn.knn`` on --knn-n synthetic unit vectors (384-d, clustered), k=10, self-search; time and peak
-memory traced during the call (the input matrix excluded). Writes bench-results/b4_embed.json; the last line is
-the final figure.
+kNN: ``curation.similarity.knn.knn`` on --knn-n synthetic unit vectors (384-d, clustered), k=10, self-search;
+time and peak memory traced during the call (the input matrix excluded). Writes bench-results/b4_embed.json;
+the last line is the final figure.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def corpus(n: int) -> tuple[list[str], list[str]]:
 
 
 def bench_knn(n: int, dim: int = 384, k: int = 10) -> dict[str, float]:
-    from curation.embeddings import normalize_rows
-    from curation.knn import knn
+    from curation.embeddings.encoder import normalize_rows
+    from curation.similarity.knn import knn
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(max(1, n // 100), dim)).astype(np.float32)
@@ -91,14 +91,14 @@ def bench_knn(n: int, dim: int = 384, k: int = 10) -> dict[str, float]:
 
 
 def measure_variants(
-    emb: Any, path: Path, texts: list[str], reference: np.ndarray, names: list[str], rounds: int
+    module: Any, path: Path, texts: list[str], reference: np.ndarray, names: list[str], rounds: int
 ) -> list[dict[str, Any]]:
     """Encode ``texts`` with the torch backend and each ONNX variant in ``names``, interleaved for ``rounds``
     rounds (the fastest round counts): time and cosine to ``reference``."""
     encoders = []
     for name in names:
         backend, variant = ("torch", None) if name == "torch" else ("onnx", name)
-        encoder = emb.Encoder(path, backend=backend, variant=variant, check=False)  # rejected variants measured too
+        encoder = module.Encoder(path, backend=backend, variant=variant, check=False)  # rejected variants measured too
         encoder.encode(texts[:64])  # warm-up
         encoders.append(encoder)
     seconds = [float("inf")] * len(encoders)
@@ -140,50 +140,50 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from curation import embeddings as emb
+    from curation.embeddings import cache, encoder, model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.token_budget:
-        emb.TOKEN_BUDGET = args.token_budget
+        encoder.TOKEN_BUDGET = args.token_budget
     load_before = machine()["load_average"]
 
     texts, reserve = corpus(args.n)
     n_new = max(1, int(args.n * args.new))
     rescan = texts[n_new:] + reserve[:n_new]
-    path = emb.default_model_path()
+    path = model.default_model_path()
     reference_model = SentenceTransformer(str(path), device="cpu")
-    encoder = emb.get_encoder()
+    loaded = encoder.get_encoder()
     reference_model.encode(texts[:64])  # warm-up
-    encoder.encode(texts[64:128])
+    loaded.encode(texts[64:128])
     base_t, first_t, re_t = [], [], []
     cosine = np.zeros(0)
     reference = np.zeros(0)
-    backend = encoder.backend
+    backend = loaded.backend
     for _ in range(args.repeats):
         started = time.perf_counter()
-        reference = emb.normalize_rows(np.asarray(reference_model.encode(texts)))
+        reference = encoder.normalize_rows(np.asarray(reference_model.encode(texts)))
         base_t.append(time.perf_counter() - started)
         with tempfile.TemporaryDirectory() as tmp:
             started = time.perf_counter()
-            first_stats: list[emb.EmbedStats] = []
-            ours = emb.embed_texts(texts, cache_dir=Path(tmp), field="prompt", stats=first_stats)
+            first_stats: list[cache.EmbedStats] = []
+            ours = cache.embed_texts(texts, cache_dir=Path(tmp), field="prompt", stats=first_stats)
             first_t.append(time.perf_counter() - started)
             backend = first_stats[-1].backend
             cosine = (ours * reference).sum(axis=1)
-            emb._CACHES.clear()  # the rescan reads the cache from disk, as a new process does
-            stats: list[emb.EmbedStats] = []
+            cache._CACHES.clear()  # the rescan reads the cache from disk, as a new process does
+            stats: list[cache.EmbedStats] = []
             started = time.perf_counter()
-            emb.embed_texts(rescan, cache_dir=Path(tmp), field="prompt", stats=stats)
+            cache.embed_texts(rescan, cache_dir=Path(tmp), field="prompt", stats=stats)
             re_t.append(time.perf_counter() - started)
             assert stats[-1].encoded == n_new, stats
     names = [v for v in args.variants.split(",") if v not in ("", "none")]
-    variants = measure_variants(emb, path, texts, reference, names, args.repeats)
+    variants = measure_variants(encoder, path, texts, reference, names, args.repeats)
     started = time.perf_counter()
     reference_model.encode(texts)  # the baseline again, after the others: the faster run counts
     base_t.append(time.perf_counter() - started)
     base, first, again = min(base_t), min(first_t), min(re_t)
-    tokens = statistics.fmean(len(x) for x in encoder.tokenizer(texts[:2000], truncation=True)["input_ids"])
+    tokens = statistics.fmean(len(x) for x in loaded.tokenizer(texts[:2000], truncation=True)["input_ids"])
     rows = [
         {"run": "SentenceTransformer.encode defaults", "texts/s": round(args.n / base), "x baseline": 1.0},
         {
@@ -212,8 +212,8 @@ def main() -> None:
     rows = [{k: row.get(k, "-") for k in ("run", "texts/s", "x baseline", "cos min", "cos mean")} for row in rows]
     load_after = machine()["load_average"]
     print(
-        f"B4 embed: {args.n} texts ({tokens:.0f} tokens/text), all-MiniLM-L6-v2, fast path {encoder.fast_path}, "
-        f"backend {backend}, {args.threads or torch.get_num_threads()} thread(s), token budget {emb.TOKEN_BUDGET}, "
+        f"B4 embed: {args.n} texts ({tokens:.0f} tokens/text), all-MiniLM-L6-v2, fast path {loaded.fast_path}, "
+        f"backend {backend}, {args.threads or torch.get_num_threads()} thread(s), token budget {encoder.TOKEN_BUDGET}, "
         f"load average {load_before} -> {load_after}"
     )
     print(table(rows))
@@ -233,7 +233,7 @@ def main() -> None:
             "tokens_per_text": tokens,
             "backend": backend,
             "threads": args.threads,
-            "token_budget": emb.TOKEN_BUDGET,
+            "token_budget": encoder.TOKEN_BUDGET,
             "load_average": {"before": load_before, "after": load_after},
             "seconds": {"baseline": base_t, "first": first_t, "rescan": re_t},
             "variants": variants,

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from curation.exact_dup import DuplicateCluster, KeepRank
+from curation.similarity.exact import DuplicateCluster, KeepRank
 from schemas.catalog import Catalog
 
 

@@ -1,8 +1,8 @@
 """Embedding-based scan checks: ``outlier``, ``inconsistency`` and ``semantic_dup``.
 
-All three embed the records' prompts (and responses) with :mod:`curation.embeddings` (cached in the workspace)
-and search exact nearest neighbours with :mod:`curation.knn`. Neighbour lists are shared between the checks of
-one scan (memoised on the model, field, record ids and k), so running all three costs one embedding pass per
+All three embed the records' prompts (and responses) with :mod:`curation.embeddings.cache` (cached in the workspace)
+and search exact nearest neighbours with :mod:`curation.similarity.knn`. Neighbour lists are shared between the checks
+of one scan (memoised on the model, field, record ids and k), so running all three costs one embedding pass per
 field and one kNN per field. Thresholds are cosine similarities of all-MiniLM-L6-v2; the figures behind each
 default are in docs/CHECKS.md (measured on banking77, self_instruct and sharegpt).
 """
@@ -19,11 +19,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.check_types import CheckContext, CheckOutput, Finding, PairFinding, ScanRecord
-from curation.embeddings import EmbedStats, embed_texts, embeddings_dir, model_id
-from curation.exact_dup import DuplicateCluster, dedup_key, rank_key
-from curation.knn import Neighbours, knn
-from curation.minhash_store import signatures_for
-from curation.near_dup import NearDupConfig, find_near_duplicates
+from curation.embeddings.cache import EmbedStats, embed_texts, embeddings_dir
+from curation.embeddings.model import model_id
+from curation.similarity.exact import DuplicateCluster, dedup_key, rank_key
+from curation.similarity.knn import Neighbours, knn
+from curation.similarity.minhash_store import signatures_for
+from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
+from curation.similarity.union_find import ArrayUnionFind
 
 OUTLIER = "outlier"
 INCONSISTENCY = "inconsistency"
@@ -352,22 +354,6 @@ def check_inconsistency(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
 # -- semantic_dup ----------------------------------------------------------------------------------------------
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
-
-
 def check_semantic_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOutput:
     """Paraphrase duplicates: pair similarity = min(prompt cosine, response cosine) >= ``threshold``.
 
@@ -375,10 +361,11 @@ def check_semantic_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> Chec
     cosine is the smaller of the two): with the banking77 intent template the whole-prompt cosine alone put
     thousands of unrelated queries of one label above 0.95.
 
-    Candidates are each record's k nearest prompts. Matching pairs are joined into clusters (union-find); each
-    cluster keeps its best-ranked member and the others are flagged with score = their best pair similarity,
-    naming the kept record; every matching pair is a :class:`PairFinding` (record_a the lower-ranked one).
-    Records with an empty prompt take no part. Exact copies match too (cosine 1): ``exact`` flags those as well.
+    Candidates are each record's k nearest prompts. Matching pairs are joined into clusters
+    (:class:`~curation.similarity.union_find.ArrayUnionFind`); each cluster keeps its best-ranked member and the others
+    are flagged with score = their best pair similarity, naming the kept record; every matching pair is a
+    :class:`PairFinding` (record_a the lower-ranked one). Records with an empty prompt take no part. Exact copies match
+    too (cosine 1): ``exact`` flags those as well.
     """
     config = ctx.config if isinstance(ctx.config, SemanticDupConfig) else SemanticDupConfig()
     started = time.monotonic()
@@ -400,18 +387,16 @@ def check_semantic_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> Chec
         p_sim = min(float(np.clip(prompts[key[0]] @ prompts[key[1]], 0.0, 1.0)), tail_sim.get(key, 1.0))
         if min(p_sim, by_response[key]) >= config.threshold:
             matched[key] = (p_sim, by_response[key])
-    finder = _UnionFind(len(records))
+    finder = ArrayUnionFind(len(records))
     best: dict[int, float] = {}
     for (i, j), (p_sim, r_sim) in matched.items():
-        finder.union(i, j)
         for me in (i, j):
             best[me] = max(best.get(me, 0.0), min(p_sim, r_sim))
-    groups: dict[int, list[int]] = defaultdict(list)
-    for member in sorted({m for pair in matched for m in pair}):
-        groups[finder.find(member)].append(member)
+    pairs_of = np.array(sorted(matched), dtype=np.int64).reshape(-1, 2)
+    finder.union(pairs_of[:, 0], pairs_of[:, 1])
     clusters: list[DuplicateCluster] = []
     cluster_of: dict[int, DuplicateCluster] = {}
-    for members in groups.values():
+    for members in finder.groups():
         ordered = sorted(members, key=lambda i: rank_key(records[i].rank))
         keeper, runner_up = ordered[0], ordered[1]
         kept_vec_p, kept_vec_r = prompts[keeper], responses[keeper]

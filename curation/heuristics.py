@@ -8,7 +8,7 @@ are in ``docs/CHECKS.md`` and repeated in each check's docstring.
 
 All checks look at the **response** (the final assistant turn: the text a fine-tuned model learns to write).
 A prompt-only record (response ``''``) is reported by ``empty_response`` and skipped, with a recorded reason,
-by the others. Text in any script works: words are the tokens of :mod:`curation.shingles` (a Han or kana
+by the others. Text in any script works: words are the tokens of :mod:`curation.similarity.shingles` (a Han or kana
 character, an emoji or another symbol is a token of its own), so Chinese text is not one giant "word".
 """
 
@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
-from curation.shingles import shingle_batch
+from curation.similarity.shingles import shingle_batch
 
 SKIPPED_EMPTY = "empty response (see empty_response)"
 
@@ -353,7 +353,7 @@ def robust_location_scale(values: np.ndarray) -> tuple[float, float]:
 
 def check_length(records: Sequence[ScanRecord], ctx: CheckContext | None = None) -> CheckOutput:
     """``length``: the response is unusually short or long **for this dataset**. Length = words (tokens of
-    :mod:`curation.shingles`, so CJK characters count one each); z = robust z-score of log(1 + words) against
+    :mod:`curation.similarity.shingles`, so CJK characters count one each); z = robust z-score of log(1 + words) against
     the scanned records' own distribution (median, and 1.4826 * MAD floored at ``min_log_scale``); score =
     min(1, |z| / 7), so score 0.5 is 3.5 robust sigmas whatever the dataset's typical length.
 

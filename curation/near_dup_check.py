@@ -6,7 +6,7 @@ same question asked twice: input for the inconsistency check, not a removal) and
 ``scope`` config key of ``near_dup`` selects one of the other two (see :func:`resolve_scope`), so results never
 land under a name that means something else.
 
-Clusters come from the linear join (``mode="clusters"`` of :func:`~curation.near_dup.find_near_duplicates`),
+Clusters come from the linear join (``mode="clusters"`` of :func:`~curation.similarity.near_dup.find_near_duplicates`),
 which verifies a pair only while its records are in different clusters. Score: the highest exact Jaccard
 similarity among the record's verified pairs (at least the threshold for every clustered record; 0.0 when
 none), so the most similar neighbour it names is the most similar one verified, not always the most similar
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 from typing import overload
 
 from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
-from curation.minhash_store import signatures_for
-from curation.near_dup import NearDupConfig, Scope, find_near_duplicates
-from curation.verify import ShingleRuns
+from curation.similarity.jaccard import ShingleRuns
+from curation.similarity.minhash_store import signatures_for
+from curation.similarity.near_dup import NearDupConfig, Scope, find_near_duplicates, scope_text
 
 SCOPE_CHECKS: dict[Scope, str] = {"pair": "near_dup", "prompt": "near_dup_prompt", "response": "near_dup_response"}
 
@@ -37,14 +37,6 @@ def resolve_scope(name: str, config: NearDupConfig) -> str:
     if config.scope != expected:
         raise ValueError(f"check {name} compares the {expected}; its scope cannot be {config.scope!r}")
     return name
-
-
-def scope_text(record: ScanRecord, scope: Scope) -> str:
-    if scope == "prompt":
-        return record.prompt
-    if scope == "response":
-        return record.response
-    return f"{record.prompt}\n{record.response}"
 
 
 class ScopeTexts(Sequence[str]):
@@ -63,8 +55,9 @@ class ScopeTexts(Sequence[str]):
     def __getitem__(self, index: slice) -> list[str]: ...
     def __getitem__(self, index: int | slice) -> str | list[str]:
         if isinstance(index, slice):
-            return [scope_text(r, self.scope) for r in self.records[index]]
-        return scope_text(self.records[index], self.scope)
+            return [scope_text(r.prompt, r.response, self.scope) for r in self.records[index]]
+        record = self.records[index]
+        return scope_text(record.prompt, record.response, self.scope)
 
 
 def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOutput:

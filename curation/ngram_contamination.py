@@ -1,7 +1,7 @@
 """The ``contamination`` check: word n-gram overlap between training records and registered eval items.
 
 The classic decontamination test (as in GPT-3's and LLaMA's reports), on the part of each prompt that is not
-shared boilerplate. Words are the tokens of :mod:`curation.shingles` (NFKC, casefolded, punctuation as
+shared boilerplate. Words are the tokens of :mod:`curation.similarity.shingles` (NFKC, casefolded, punctuation as
 separators), n-grams their 64-bit hashes.
 
 1. **Templates.** A word prefix (suffix) of at least 3 words that more than half (and more than 10) of the
@@ -9,7 +9,7 @@ separators), n-grams their 64-bit hashes.
    for the eval items, separately. Every text is stripped of the longest prefix/suffix of those it has (every
    prefix of a template is as shared as the template, so a prompt keeps the first content word that most
    prompts share). What is left is the text's **content**; an item with no content is not tested.
-   (:mod:`curation.prompt_templates`, shared with ``near_dup_eval``.)
+   (:mod:`curation.similarity.template_strip`, shared with ``near_dup_eval``.)
 2. **Method by content length** of the eval item: >= ``ngram`` (13) words, its 13-grams (``ngram13``);
    ``short_ngram`` (8) to 12, its 8-grams (``ngram8``); ``min_tokens`` (3) to 7, the whole content as one
    n-gram (``full_prompt``); under 3 words, not tested (counted in the summary). Training n-grams count only
@@ -46,11 +46,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Finding, ScanRecord
-from curation.contamination_check import ContaminationError, Reference, load_eval_items
-from curation.near_dup import Scope
-from curation.near_dup_check import scope_text
-from curation.prompt_templates import Templates, content_window, find_templates
-from curation.shingles import shingle_batch, tokens
+from curation.similarity.eval_match import ContaminationError, Reference, load_eval_items
+from curation.similarity.near_dup import Scope, scope_text
+from curation.similarity.shingles import shingle_batch, tokens
+from curation.similarity.template_strip import Templates, content_window, find_templates
 from schemas.progress import progress
 
 CHECK_NAME = "contamination"
@@ -290,7 +289,7 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
             note = f"no eval items in eval set(s) {', '.join(config.eval_sets)}"
         findings = [Finding(r.record_id, 0.0, False) for r in records]
         return CheckOutput(findings, summary={"eval_sets": 0, "eval_items": 0, "contaminated": 0, "note": note})
-    texts = [scope_text(r, config.scope) for r in records]
+    texts = [scope_text(r.prompt, r.response, config.scope) for r in records]
     index = EvalIndex(references, config, find_templates(texts))
     rec_rows, item_rows, counts, overlap, methods = overlaps(texts, index, config)
     # best pair per record: highest overlap, then smallest eval record id, then eval set

@@ -455,11 +455,11 @@ def _examples(catalog: Catalog, scan_id: str, checks: list[CheckStats], per_chec
 
 
 def _default_embeddings(catalog: Catalog, compute_missing: bool) -> EmbeddingSource:
-    """Prompt embeddings from :mod:`curation.embeddings` (the cache the embedding checks fill)."""
-    from curation import embeddings
+    """Prompt embeddings from :mod:`curation.embeddings.cache` (the cache the embedding checks fill)."""
+    from curation.embeddings.cache import record_embeddings
 
     def source(ids: list[str]) -> Any:
-        return embeddings.record_embeddings(catalog, ids, field="prompt", compute_missing=compute_missing)
+        return record_embeddings(catalog, ids, field="prompt", compute_missing=compute_missing)
 
     return source
 
@@ -528,7 +528,7 @@ def collect_report(
     """Everything the report shows about ``scan_id`` (default: the latest complete scan), read from the catalog.
 
     ``embeddings`` returns prompt vectors for record ids; by default they come from
-    ``curation.embeddings.record_embeddings`` (stored ones only unless ``compute_embeddings``).
+    ``curation.embeddings.cache.record_embeddings`` (stored ones only unless ``compute_embeddings``).
     """
     if examples < 0 or max_points < 1:
         raise ReportError("examples must be >= 0 and max_points >= 1")

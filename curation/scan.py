@@ -20,10 +20,9 @@ from pydantic import BaseModel, ValidationError
 
 from curation.check_types import CheckContext, CheckFn, CheckOutput, Finding, ScanRecord
 from curation.contamination_check import CHECK_NAME as EVAL_CHECK
-from curation.contamination_check import ContaminationConfig, check_near_dup_eval, eval_items_hash
+from curation.contamination_check import check_near_dup_eval
 from curation.embedding_checks import EMBEDDING_CHECK_CONFIGS, EMBEDDING_CHECKS
-from curation.embeddings import model_id
-from curation.exact_dup import DuplicateCluster, KeepRank, cluster_exact, dedup_key
+from curation.embeddings.model import model_id
 from curation.heuristics import (
     LengthConfig,
     RefusalConfig,
@@ -35,11 +34,13 @@ from curation.heuristics import (
     check_repetitive,
     check_truncated,
 )
-from curation.near_dup import NearDupConfig
 from curation.near_dup_check import SCOPE_CHECKS, check_near_dup, resolve_scope
 from curation.ngram_contamination import CHECK_NAME as NGRAM_EVAL_CHECK
 from curation.ngram_contamination import NgramContaminationConfig, check_ngram_contamination
 from curation.pii import PiiConfig, check_pii
+from curation.similarity.eval_match import ContaminationConfig, eval_items_hash
+from curation.similarity.exact import DuplicateCluster, KeepRank, cluster_exact, dedup_key
+from curation.similarity.near_dup import NearDupConfig
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
 from schemas.progress import log, progress

@@ -34,15 +34,19 @@ import json
 import os
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from curation.contamination_check import ContaminationConfig, Reference, find_matches, load_eval_items
+from curation.similarity.eval_match import ContaminationConfig, Reference, find_matches, load_eval_items
+from curation.similarity.near_dup import Scope, scope_text
+from curation.similarity.union_find import ArrayUnionFind
 from schemas.atomic import atomic_directory, clean_staging
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
@@ -226,25 +230,19 @@ def _latest_scan(catalog: Catalog) -> str:
     return str(scan_id)
 
 
-class _Groups:
-    """Union-find over records and clusters; a group's key is its smallest cluster id (else the record id)."""
+def group_roots(links: Sequence[tuple[str, str]], nodes: Sequence[str]) -> dict[str, str]:
+    """The root of each of ``nodes`` in the graph of ``links``: the smallest name of its connected component.
 
-    def __init__(self) -> None:
-        self.parent: dict[str, str] = {}
-
-    def find(self, node: str) -> str:
-        self.parent.setdefault(node, node)
-        root = node
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[node] != root:
-            self.parent[node], node = root, self.parent[node]
-        return root
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)  # "c:" < "r:": a cluster node is the root when there is one
+    Names are numbered in sorted order, so the union-find's smallest index is the smallest name: ``"c:..."`` sorts
+    before ``"r:..."``, so a record in a cluster has its smallest cluster as the root, and a record in none itself.
+    """
+    names = sorted({*nodes, *(name for link in links for name in link)})
+    index = {name: i for i, name in enumerate(names)}
+    finder = ArrayUnionFind(len(names))
+    if links:
+        left, right = zip(*((index[a], index[b]) for a, b in links), strict=True)
+        finder.union(np.array(left, dtype=np.int64), np.array(right, dtype=np.int64))
+    return {node: names[int(finder.parent[index[node]])] for node in nodes}
 
 
 def _fetch(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> dict[str, Any]:
@@ -326,9 +324,6 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
             blocks[rid].append(f"{check} ({score:.3g})")
     decision_of = {d[1]: d for d in data["decisions"]}
     forgotten = {rid: (fid, reason) for rid, fid, reason in data["forgotten"]}
-    groups = _Groups()
-    for check, cluster_id, rid in data["clusters"]:
-        groups.union(f"c:{check}:{cluster_id}", f"r:{rid}")
 
     selection = Selection()
     chosen: list[Member] = []
@@ -369,11 +364,11 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
         basis = "approved" if approved else "policy"
         chosen.append(Member(rid, json.loads(messages_json), label, metadata_json, rid, basis, did))
 
-    keys: dict[str, str] = {}
+    links = [(f"c:{check}:{cluster_id}", f"r:{rid}") for check, cluster_id, rid in data["clusters"]]
+    roots = group_roots(links, [f"r:{m.group}" for m in chosen])
     for member in chosen:
-        root = groups.find(f"r:{member.group}")
-        keys.setdefault(root, root[2:] if root.startswith("r:") else root.split(":", 2)[2])
-        member.group = keys[root]
+        root = roots[f"r:{member.group}"]
+        member.group = root[2:] if root.startswith("r:") else root.split(":", 2)[2]
     sizes: dict[str, list[str | None]] = defaultdict(list)
     for member in chosen:
         sizes[member.group].append(member.label)
@@ -412,7 +407,9 @@ def check_eval_contamination(
         text_of[item.record_id] = item.text
     query_ids = sorted(text_of)
     references = [Reference(m.record_id, _member_text(m, config.scope), "train") for m in train]
-    matches, _, _ = find_matches(catalog, query_ids, [text_of[i] for i in query_ids], references, config)
+    matches, _, _ = find_matches(
+        catalog, query_ids, [text_of[i] for i in query_ids], references, config, store=False
+    )  # a snapshot only reads the catalog's signatures: it writes none
     rows = [
         {"eval_set": eval_set, "eval_item": m.record_id, "record_id": m.matched_record_id,
          "similarity": round(m.similarity, 6), "scope": config.scope}
@@ -427,12 +424,12 @@ def check_eval_contamination(
     return rows, summary
 
 
-def _member_text(member: Member, scope: str) -> str:
+def _member_text(member: Member, scope: Scope) -> str:
     """The same prompt / response split as the catalog's columns: non-system text before the last assistant turn."""
     last = max((i for i, m in enumerate(member.messages) if m["role"] == "assistant"), default=len(member.messages))
     prompt = "\n".join(m["content"] for m in member.messages[:last] if m["role"] != "system")
     response = member.messages[last]["content"] if last < len(member.messages) else ""
-    return {"prompt": prompt, "response": response}.get(scope, f"{prompt}\n{response}")
+    return scope_text(prompt, response, scope)
 
 
 def create_snapshot(

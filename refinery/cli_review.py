@@ -66,7 +66,7 @@ def stop(as_json: JsonOpt = False) -> None:
 
 def _embedder(catalog: Catalog) -> Callable[[list[str]], list[list[float]]]:
     try:
-        from curation.embeddings import record_embeddings  # type: ignore[import-not-found,unused-ignore]
+        from curation.embeddings.cache import record_embeddings  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise UsageError(f"--vectors needs curation.embeddings (the embed extra): {exc}") from exc
 

@@ -95,8 +95,8 @@ def snapshot_check(
 ) -> None:
     """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
     with cli_errors():
-        from curation.contamination_check import ContaminationConfig, best_matches
         from curation.contamination_check import check_against_snapshot as check
+        from curation.similarity.eval_match import ContaminationConfig, best_matches
 
         config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
         matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))

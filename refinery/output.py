@@ -35,7 +35,6 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     """Library exceptions that mean 'the user asked for something impossible' (exit 2)."""
     from pydantic import ValidationError
 
-    from curation.contamination_check import ContaminationError
     from curation.export import ExportError
     from curation.forget import ForgetError
     from curation.ingest.options import IngestConfigError
@@ -43,6 +42,7 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     from curation.report import ReportError
     from curation.review.connection import ReviewError
     from curation.scan import ScanError
+    from curation.similarity.eval_match import ContaminationError
     from curation.snapshot import SnapshotError
     from curation.snapshot_diff import SnapshotDiffError
     from refinery.lineage import LineageError

@@ -14,7 +14,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curation.exact_dup import dedup_key
+from curation.similarity.exact import dedup_key
 from curation.snapshot import load_snapshot
 from refinery.output import UsageError
 from refinery.workspace import Workspace

@@ -10,21 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.contamination_check import (
-    ContaminationConfig,
-    ContaminationError,
-    Match,
-    check_against_snapshot,
-    cross_candidate_pairs,
-)
+from curation.contamination_check import check_against_snapshot
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.ingest.templates import TEMPLATES
-from curation.lsh import band_keys
-from curation.minhash import MinHasher
-from curation.prompt_templates import Templates, content_texts, find_templates, words_of
 from curation.scan import ScanError, run_scan
-from curation.shingles import shingle_batch, tokens
+from curation.similarity.eval_match import ContaminationConfig, ContaminationError, Match, cross_candidate_pairs
+from curation.similarity.lsh import band_keys
+from curation.similarity.minhash import MinHasher
+from curation.similarity.shingles import shingle_batch, tokens
+from curation.similarity.template_strip import Templates, content_texts, find_templates, words_of
 from curation.snapshot import SnapshotPolicy, create_snapshot
 from schemas.catalog import Catalog
 from tests.curation.test_near_dup import _chat, random_text, token_jaccard

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curation import embedding_checks, embeddings
+from curation import embedding_checks
 from curation.check_types import CheckContext, ScanRecord
 from curation.embedding_checks import (
     InconsistencyConfig,
@@ -16,10 +16,11 @@ from curation.embedding_checks import (
     check_outlier,
     check_semantic_dup,
 )
-from curation.exact_dup import KeepRank
-from curation.near_dup import NearDupConfig
+from curation.embeddings import cache as embedding_cache
 from curation.near_dup_check import check_near_dup
 from curation.scan import run_scan
+from curation.similarity.exact import KeepRank
+from curation.similarity.near_dup import NearDupConfig
 from schemas.catalog import Catalog
 from tests.curation.ingest_support import run, write_lines
 
@@ -147,7 +148,7 @@ def test_scan_stores_conflicts_in_the_view(catalog: Catalog, tmp_path: Path) -> 
     again = run_scan(catalog, ["inconsistency"], config={"inconsistency": {"prompt_threshold": 0.97}})
     assert (again.checks["inconsistency"]["embeddings_cached"], again.checks["inconsistency"]["embedded"]) == (14, 0)
     embedding_checks._MEMO.clear()  # as in a new process: vectors come from the workspace cache
-    embeddings._CACHES.clear()
+    embedding_cache._CACHES.clear()
     third = run_scan(catalog, ["inconsistency"], config={"inconsistency": {"prompt_threshold": 0.96}})
     assert (third.checks["inconsistency"]["embeddings_cached"], third.checks["inconsistency"]["embedded"]) == (14, 0)
 

@@ -9,8 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from curation import embeddings as emb
-from curation.knn import knn
+from curation.embeddings import cache as embedding_cache
+from curation.embeddings.cache import _CACHES, EmbedStats, embed_texts, record_embeddings
+from curation.embeddings.encoder import Encoder, get_encoder, normalize_rows
+from curation.embeddings.model import EmbeddingError, model_id
+from curation.similarity.knn import knn
 from schemas.catalog import Catalog
 from tests.curation.ingest_support import run, write_lines
 
@@ -25,23 +28,23 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def encoder() -> emb.Encoder:
-    return emb.get_encoder()
+def encoder() -> Encoder:
+    return get_encoder()
 
 
-def _bar(encoder: emb.Encoder) -> float:
+def _bar(encoder: Encoder) -> float:
     """Float32 backends (torch, float32 ONNX) match the reference to float precision; int8 ONNX to 0.99."""
     return 0.9999 if encoder.recipe == "" else 0.99
 
 
-def _reference(encoder: emb.Encoder, texts: list[str]) -> np.ndarray:
+def _reference(encoder: Encoder, texts: list[str]) -> np.ndarray:
     ref = encoder.model.encode(texts, convert_to_numpy=True, show_progress_bar=False)
-    return emb.normalize_rows(np.asarray(ref))
+    return normalize_rows(np.asarray(ref))
 
 
-def test_matches_sentence_transformers_including_odd_texts(encoder: emb.Encoder) -> None:
+def test_matches_sentence_transformers_including_odd_texts(encoder: Encoder) -> None:
     assert encoder.fast_path
-    got = emb.embed_texts(TEXTS)
+    got = embed_texts(TEXTS)
     assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     cosine = (got * _reference(encoder, TEXTS)).sum(axis=1)
@@ -64,28 +67,28 @@ class _TokenizerSpy:
         return getattr(self.tokenizer, name)
 
 
-def test_megabyte_response_is_bounded_and_exact(encoder: emb.Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_megabyte_response_is_bounded_and_exact(encoder: Encoder, monkeypatch: pytest.MonkeyPatch) -> None:
     huge = "word " * 200_000 + "tail"
     spy = _TokenizerSpy(encoder.tokenizer)
     monkeypatch.setattr(encoder, "tokenizer", spy)
-    vector = emb.embed_texts([huge])
+    vector = embed_texts([huge])
     monkeypatch.undo()
     # bounded by construction, not by a stopwatch: the tokenizer never sees more than max_length * 32 characters
     assert spy.lengths and max(spy.lengths) <= encoder.max_length * 32 < len(huge)
     assert (vector[0] @ _reference(encoder, [huge])[0]) > _bar(encoder)  # and the cut changes no token used
 
 
-def test_cache_hit_embeds_nothing_and_survives_a_new_process_view(tmp_path: Path, encoder: emb.Encoder) -> None:
-    stats: list[emb.EmbedStats] = []
-    first = emb.embed_texts(TEXTS, cache_dir=tmp_path, field="prompt", stats=stats)
-    assert stats[-1] == emb.EmbedStats(6, 0, 5)
+def test_cache_hit_embeds_nothing_and_survives_a_new_process_view(tmp_path: Path, encoder: Encoder) -> None:
+    stats: list[EmbedStats] = []
+    first = embed_texts(TEXTS, cache_dir=tmp_path, field="prompt", stats=stats)
+    assert stats[-1] == EmbedStats(6, 0, 5)
     before = encoder.texts_encoded
-    emb._CACHES.clear()  # as a fresh process would: shards are read back from disk
-    second = emb.embed_texts(TEXTS, cache_dir=tmp_path, field="prompt", stats=stats)
-    assert encoder.texts_encoded == before and stats[-1] == emb.EmbedStats(6, 6, 0)
+    _CACHES.clear()  # as a fresh process would: shards are read back from disk
+    second = embed_texts(TEXTS, cache_dir=tmp_path, field="prompt", stats=stats)
+    assert encoder.texts_encoded == before and stats[-1] == EmbedStats(6, 6, 0)
     assert (first * second).sum(axis=1).min() > 0.9999  # float16 storage
     # another field is another key: embedded again
-    emb.embed_texts(TEXTS[:1], cache_dir=tmp_path, field="response", stats=stats)
+    embed_texts(TEXTS[:1], cache_dir=tmp_path, field="response", stats=stats)
     assert stats[-1].encoded == 1
 
 
@@ -97,33 +100,33 @@ def test_killed_and_damaged_shard_writes(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt, match="killed"):
-        emb.embed_texts(texts, cache_dir=tmp_path, field="prompt")
+        embed_texts(texts, cache_dir=tmp_path, field="prompt")
     monkeypatch.undo()
-    folder = tmp_path / emb.model_id() / "prompt"
+    folder = tmp_path / model_id() / "prompt"
     assert list(folder.glob("*.npz")) == []
     (folder / ".leftover.npz.tmp").write_bytes(b"half a shard")  # a temp file left by a SIGKILL
-    emb._CACHES.clear()
-    stats: list[emb.EmbedStats] = []
-    good = emb.embed_texts(texts, cache_dir=tmp_path, field="prompt", stats=stats)
+    _CACHES.clear()
+    stats: list[EmbedStats] = []
+    good = embed_texts(texts, cache_dir=tmp_path, field="prompt", stats=stats)
     assert stats[-1].encoded == 3 and not list(folder.glob(".*.tmp"))
     (shard,) = folder.glob("*.npz")
     shard.write_bytes(shard.read_bytes()[:100])  # damaged on disk
-    emb._CACHES.clear()
-    again = emb.embed_texts(texts, cache_dir=tmp_path, field="prompt", stats=stats)
-    assert stats[-1] == emb.EmbedStats(3, 0, 3)
+    _CACHES.clear()
+    again = embed_texts(texts, cache_dir=tmp_path, field="prompt", stats=stats)
+    assert stats[-1] == EmbedStats(3, 0, 3)
     assert (good * again).sum(axis=1).min() > 0.9999
     assert len(list(folder.glob("*.corrupt"))) == 1
 
 
 def test_shards_are_merged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emb, "MAX_SHARDS", 2)
-    monkeypatch.setattr(emb, "WRITE_CHUNK", 1)
-    emb.embed_texts([f"text number {i}" for i in range(4)], cache_dir=tmp_path, field="prompt")
-    folder = tmp_path / emb.model_id() / "prompt"
+    monkeypatch.setattr(embedding_cache, "MAX_SHARDS", 2)
+    monkeypatch.setattr(embedding_cache, "WRITE_CHUNK", 1)
+    embed_texts([f"text number {i}" for i in range(4)], cache_dir=tmp_path, field="prompt")
+    folder = tmp_path / model_id() / "prompt"
     assert len(list(folder.glob("*.npz"))) <= 2
-    emb._CACHES.clear()
-    stats: list[emb.EmbedStats] = []
-    emb.embed_texts([f"text number {i}" for i in range(4)], cache_dir=tmp_path, field="prompt", stats=stats)
+    _CACHES.clear()
+    stats: list[EmbedStats] = []
+    embed_texts([f"text number {i}" for i in range(4)], cache_dir=tmp_path, field="prompt", stats=stats)
     assert stats[-1].cached == 4
 
 
@@ -131,28 +134,28 @@ def test_record_embeddings(catalog: Catalog, tmp_path: Path) -> None:
     rows = [{"instruction": f"Question {i}: what is {i} plus {i}?", "output": f"It is {2 * i}."} for i in range(3)]
     run(catalog, [write_lines(tmp_path / "a.jsonl", rows)])
     ids = [r["record_id"] for r in catalog.query("SELECT record_id FROM records ORDER BY prompt DESC")]
-    cold = emb.record_embeddings(catalog, ids, compute_missing=False)
+    cold = record_embeddings(catalog, ids, compute_missing=False)
     assert cold.shape == (3, 384) and not cold.any()
-    vectors = emb.record_embeddings(catalog, ids)
-    assert (catalog.path.parent / "embeddings" / emb.model_id() / "prompt").is_dir()
-    again = emb.record_embeddings(catalog, ids[::-1], compute_missing=False)
+    vectors = record_embeddings(catalog, ids)
+    assert (catalog.path.parent / "embeddings" / model_id() / "prompt").is_dir()
+    again = record_embeddings(catalog, ids[::-1], compute_missing=False)
     assert (vectors[::-1] * again).sum(axis=1).min() > 0.9999
-    with pytest.raises(emb.EmbeddingError, match="not in the catalog"):
-        emb.record_embeddings(catalog, [*ids, "rec_missing"])
-    with pytest.raises(emb.EmbeddingError, match="field must be one of"):
-        emb.record_embeddings(catalog, ids, field="label")
+    with pytest.raises(EmbeddingError, match="not in the catalog"):
+        record_embeddings(catalog, [*ids, "rec_missing"])
+    with pytest.raises(EmbeddingError, match="field must be one of"):
+        record_embeddings(catalog, ids, field="label")
 
 
 def test_bad_model_folder(tmp_path: Path) -> None:
-    with pytest.raises(emb.EmbeddingError, match="no sentence-transformers model"):
-        emb.get_encoder(str(tmp_path))
-    with pytest.raises(emb.EmbeddingError, match="is not a folder"):
-        emb.model_id(str(tmp_path / "nope"))
+    with pytest.raises(EmbeddingError, match="no sentence-transformers model"):
+        get_encoder(str(tmp_path))
+    with pytest.raises(EmbeddingError, match="is not a folder"):
+        model_id(str(tmp_path / "nope"))
 
 
 def test_knn_matches_brute_force_and_small_sets() -> None:
     rng = np.random.default_rng(0)
-    x = emb.normalize_rows(rng.normal(size=(50, 8)))
+    x = normalize_rows(rng.normal(size=(50, 8)))
     found = knn(x, k=5, query_block=7, base_block=9, show_progress=False)
     sims = x @ x.T
     np.fill_diagonal(sims, -np.inf)

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation import embeddings as emb
-from curation import onnx_encoder
+from curation.embeddings import onnx_encoder
+from curation.embeddings.cache import EmbedStats, embed_texts
+from curation.embeddings.encoder import Encoder, get_encoder
+from curation.embeddings.model import ENCODER_VERSION, EmbeddingError, configured_recipe, default_model_path, model_id
 from schemas.ids import canonical_json, sha256_text, sha256_tree
 from tests.support.require import require_module
 
@@ -44,12 +46,12 @@ def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def reference(onnx_cache: Path) -> np.ndarray:
-    return emb.Encoder(emb.default_model_path(), backend="torch").encode(TEXTS)
+    return Encoder(default_model_path(), backend="torch").encode(TEXTS)
 
 
 def test_float32_onnx_equals_torch(onnx_cache: Path, reference: np.ndarray) -> None:
     for variant in ("fp32", "fused"):
-        encoder = emb.Encoder(emb.default_model_path(), backend="onnx", variant=variant)
+        encoder = Encoder(default_model_path(), backend="onnx", variant=variant)
         assert encoder.backend == f"onnxruntime {variant}" and encoder.recipe == ""
         got = encoder.encode(TEXTS)
         assert got.shape == reference.shape and got.dtype == np.float32
@@ -59,7 +61,7 @@ def test_float32_onnx_equals_torch(onnx_cache: Path, reference: np.ndarray) -> N
 
 @pytest.mark.parametrize("variant", ["int8-row", "int8-row7"])
 def test_int8_row_within_the_bar_and_short_texts_exact(onnx_cache: Path, reference: np.ndarray, variant: str) -> None:
-    encoder = emb.Encoder(emb.default_model_path(), backend="onnx", variant=variant)
+    encoder = Encoder(default_model_path(), backend="onnx", variant=variant)
     assert encoder.backend == f"onnxruntime {variant}" and encoder.recipe == variant
     got = encoder.encode(TEXTS)
     cosine = (got * reference).sum(axis=1)
@@ -70,42 +72,42 @@ def test_int8_row_within_the_bar_and_short_texts_exact(onnx_cache: Path, referen
 
 @pytest.mark.slow
 def test_corrupt_export_is_detected_and_rebuilt(onnx_cache: Path, reference: np.ndarray) -> None:
-    path = emb.default_model_path()
-    emb.Encoder(path, backend="onnx", variant="fused")  # built (or verified) by now
-    folder = onnx_cache / emb.model_id(path, recipe="")
+    path = default_model_path()
+    Encoder(path, backend="onnx", variant="fused")  # built (or verified) by now
+    folder = onnx_cache / model_id(path, recipe="")
     stored = folder / "fused.onnx"
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte: same size, another hash
     stored.write_bytes(bytes(data))
-    encoder = emb.Encoder(path, backend="onnx", variant="fused")
+    encoder = Encoder(path, backend="onnx", variant="fused")
     assert encoder.onnx_store is not None and encoder.onnx_store.rebuilt == ["fused"]
     assert (encoder.encode(TEXTS) * reference).sum(axis=1).min() > 0.9999
     stored.write_bytes(stored.read_bytes()[:1000])  # truncated
-    assert emb.Encoder(path, backend="onnx", variant="fused").onnx_store.rebuilt == ["fused"]  # type: ignore[union-attr]
+    assert Encoder(path, backend="onnx", variant="fused").onnx_store.rebuilt == ["fused"]  # type: ignore[union-attr]
     stamp = json.loads((folder / "fused.json").read_text())
     (folder / "fused.json").write_text(json.dumps({**stamp, "recipe": -1}))  # made by another recipe: stale
-    assert emb.Encoder(path, backend="onnx", variant="fused").onnx_store.rebuilt == ["fused"]  # type: ignore[union-attr]
+    assert Encoder(path, backend="onnx", variant="fused").onnx_store.rebuilt == ["fused"]  # type: ignore[union-attr]
     assert not list(folder.glob(".*.tmp"))  # atomic writes leave no temporary files
-    again = emb.Encoder(path, backend="onnx", variant="fused")
+    again = Encoder(path, backend="onnx", variant="fused")
     assert again.onnx_store is not None and again.onnx_store.rebuilt == []  # verified, reused
 
 
 def test_torch_fallback(onnx_cache: Path, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = emb.default_model_path()
+    path = default_model_path()
     monkeypatch.setenv("REFINERY_EMBED_BACKEND", "torch")
-    encoder = emb.get_encoder()
+    encoder = get_encoder()
     assert encoder.backend == "torch" and encoder.recipe == "" and encoder.fallback_reason == ""
-    stats: list[emb.EmbedStats] = []
-    got = emb.embed_texts(TEXTS, stats=stats)
+    stats: list[EmbedStats] = []
+    got = embed_texts(TEXTS, stats=stats)
     assert stats[-1].backend == "torch" and (got * reference).sum(axis=1).min() > 0.9999
     monkeypatch.delenv("REFINERY_EMBED_BACKEND")
 
     monkeypatch.setattr(onnx_encoder, "available", lambda: False)  # onnxruntime not installed
-    missing = emb.Encoder(path, backend="auto")
+    missing = Encoder(path, backend="auto")
     assert missing.backend == "torch" and "not installed" in missing.fallback_reason
-    assert emb.configured_recipe("auto", "int8-row") == ""  # float32 vectors: the float32 cache key
-    with pytest.raises(emb.EmbeddingError, match="not installed"):
-        emb.Encoder(path, backend="onnx")
+    assert configured_recipe("auto", "int8-row") == ""  # float32 vectors: the float32 cache key
+    with pytest.raises(EmbeddingError, match="not installed"):
+        Encoder(path, backend="onnx")
     monkeypatch.undo()
 
     monkeypatch.setenv("REFINERY_ONNX_CACHE", str(onnx_cache / "empty"))
@@ -114,24 +116,24 @@ def test_torch_fallback(onnx_cache: Path, reference: np.ndarray, monkeypatch: py
         raise onnx_encoder.OnnxUnavailable("ONNX export failed: simulated")
 
     monkeypatch.setattr(onnx_encoder, "export_transformer", broken)
-    failed = emb.Encoder(path, backend="auto", variant="fp32")
+    failed = Encoder(path, backend="auto", variant="fp32")
     assert failed.backend == "torch" and "simulated" in failed.fallback_reason
     assert (failed.encode(TEXTS) * reference).sum(axis=1).min() > 0.9999
 
 
 def test_cache_key_follows_the_recipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    path = emb.default_model_path()
-    legacy = "emb_" + sha256_text(canonical_json({"files": sha256_tree(path), "encoder_version": emb.ENCODER_VERSION}))
-    assert emb.model_id(recipe="") == legacy[:20]  # float32 (torch or ONNX): the id caches always had
-    assert emb.model_id(recipe="int8-row") not in (legacy[:20], emb.model_id(recipe="int8-tensor"))
+    path = default_model_path()
+    legacy = "emb_" + sha256_text(canonical_json({"files": sha256_tree(path), "encoder_version": ENCODER_VERSION}))
+    assert model_id(recipe="") == legacy[:20]  # float32 (torch or ONNX): the id caches always had
+    assert model_id(recipe="int8-row") not in (legacy[:20], model_id(recipe="int8-tensor"))
     monkeypatch.setenv("REFINERY_EMBED_BACKEND", "onnx")
     monkeypatch.setenv("REFINERY_EMBED_ONNX", "fused")
-    assert emb.configured_recipe() == ""
+    assert configured_recipe() == ""
     monkeypatch.setenv("REFINERY_EMBED_ONNX", "int8-row")
-    assert emb.configured_recipe() == "int8-row"
+    assert configured_recipe() == "int8-row"
     monkeypatch.setenv("REFINERY_EMBED_ONNX", "int4")
-    with pytest.raises(emb.EmbeddingError, match="ONNX variant must be one of"):
-        emb.configured_recipe()
+    with pytest.raises(EmbeddingError, match="ONNX variant must be one of"):
+        configured_recipe()
 
 
 @pytest.mark.parametrize("signed", [False, True])
@@ -170,9 +172,9 @@ def test_quantize_rows_on_a_small_graph(signed: bool) -> None:
 
 def test_batches_side_by_side_give_the_same_vectors(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     texts = [f"{text} {i}" for i, text in enumerate(TEXTS * 40)]  # many batches of different widths
-    path = emb.default_model_path()
-    serial = emb.Encoder(path, backend="onnx", variant="fp32", threads=1)
-    pooled = emb.Encoder(path, backend="onnx", variant="fp32", threads=2)
+    path = default_model_path()
+    serial = Encoder(path, backend="onnx", variant="fp32", threads=1)
+    pooled = Encoder(path, backend="onnx", variant="fp32", threads=2)
     assert np.array_equal(serial.encode(texts), pooled.encode(texts))  # rows in input order, same numbers
     batches: list[int] = []
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import random
 
-from curation.exact_dup import KeepRank, cluster_exact, dedup_key, normalize_for_dedup
+from curation.similarity.exact import KeepRank, cluster_exact, dedup_key, normalize_for_dedup
 
 
 def test_normalisation_ignores_case_whitespace_and_punctuation() -> None:

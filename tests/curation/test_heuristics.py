@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 
 from curation.check_types import CheckContext, CheckOutput, ScanRecord
-from curation.exact_dup import KeepRank
 from curation.heuristics import (
     check_empty_response,
     check_length,
@@ -17,6 +16,7 @@ from curation.heuristics import (
     check_truncated,
     truncation_signals,
 )
+from curation.similarity.exact import KeepRank
 
 CHECKS: dict[str, Callable[..., CheckOutput]] = {
     "empty_response": check_empty_response,

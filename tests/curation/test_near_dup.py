@@ -13,14 +13,14 @@ import hypothesis
 import numpy as np
 import pytest
 
-from curation.exact_dup import KeepRank
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.lsh import band_keys, candidate_pairs, optimal_params
-from curation.minhash import MinHasher, MinHashParams, estimate_jaccard
-from curation.near_dup import NearDupConfig, find_near_duplicates
 from curation.scan import ScanError, run_scan
-from curation.shingles import exact_jaccard, shingle_batch, tokens
+from curation.similarity.exact import KeepRank
+from curation.similarity.lsh import band_keys, candidate_pairs, optimal_params
+from curation.similarity.minhash import MinHasher, MinHashParams, estimate_jaccard
+from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
+from curation.similarity.shingles import exact_jaccard, shingle_batch, tokens
 from schemas.catalog import Catalog
 from tests.support.require import require_module
 
@@ -91,7 +91,7 @@ def test_shingle_hashes_do_not_depend_on_the_batch_or_python_hash_seed() -> None
     together = shingle_batch(texts)
     assert [together.of(i).tolist() for i in range(3)] == alone
     code = (
-        "from curation.shingles import shingle_batch; "
+        "from curation.similarity.shingles import shingle_batch; "
         "print(shingle_batch(['the quick brown fox jumps over']).hashes.tolist())"
     )
     outs = {
@@ -346,7 +346,7 @@ def test_incremental_rescan_sketches_only_new_records_and_equals_a_full_scan(tmp
 def test_a_scan_killed_while_storing_signatures_is_finished_by_a_rerun(
     catalog: Catalog, tmp_path: Path, corpus: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import curation.minhash_store as store
+    import curation.similarity.minhash_store as store
 
     _ingest(catalog, tmp_path, "first", corpus["first"])
     monkeypatch.setattr(store, "WRITE_CHUNK", 10)
@@ -372,7 +372,7 @@ def test_a_scan_killed_while_storing_signatures_is_finished_by_a_rerun(
 
 
 def test_vectorised_verification_equals_set_jaccard() -> None:
-    from curation.verify import ShingleSets
+    from curation.similarity.jaccard import ShingleSets
 
     rng = random.Random(9)
     bases = [random_text(rng, rng.randint(1, 60)) for _ in range(10)]

@@ -7,11 +7,11 @@ import random
 import numpy as np
 import pytest
 
-from curation.exact_dup import KeepRank
-from curation.minhash import MinHasher, estimate_pairs
-from curation.near_dup import NearDupConfig, find_near_duplicates
-from curation.near_dup_join import (
-    ArrayUnionFind,
+from curation.similarity.exact import KeepRank
+from curation.similarity.jaccard import ShingleRuns, ShingleSets, sorted_segments
+from curation.similarity.minhash import MinHasher, estimate_pairs
+from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
+from curation.similarity.near_dup_join import (
     BandRuns,
     anchor_links,
     band_runs,
@@ -19,8 +19,8 @@ from curation.near_dup_join import (
     cross_links,
     neighbour_links,
 )
-from curation.shingles import exact_jaccard, shingle_batch
-from curation.verify import ShingleRuns, ShingleSets, sorted_segments
+from curation.similarity.shingles import exact_jaccard, shingle_batch
+from curation.similarity.union_find import ArrayUnionFind
 
 WORDS = [
     "the",

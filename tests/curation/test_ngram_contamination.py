@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from curation.check_types import CheckContext, ScanRecord
-from curation.contamination_check import Reference
-from curation.exact_dup import KeepRank
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.ngram_contamination import EvalIndex, NgramContaminationConfig, check_ngram_contamination, overlaps
 from curation.scan import run_scan
+from curation.similarity.eval_match import Reference
+from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
 
 LONG_EVAL = "Explain in simple words why the sky looks blue during the day but turns red and orange at sunset time"

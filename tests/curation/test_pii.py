@@ -10,12 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from curation.check_types import CheckContext, ScanRecord
-from curation.exact_dup import KeepRank
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.pii import check_pii, find_pii, iban_valid, luhn_valid, redact
 from curation.redaction import RedactionError, redact_scan
 from curation.scan import run_scan
+from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
 
 AWS = "AKIA2E0A8F3B244C9986"

@@ -10,7 +10,7 @@ import pytest
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.scan import run_scan
-from curation.shingles import tokens
+from curation.similarity.shingles import tokens
 from curation.snapshot import SnapshotPolicy, create_snapshot
 from schemas.catalog import Catalog
 

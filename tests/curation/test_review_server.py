@@ -255,7 +255,7 @@ def test_cli_and_logs_never_show_the_key(review_env: ReviewEnv, round_r1: Any) -
 def test_push_vectors_sends_each_prompt_embedding(review_env: ReviewEnv, tmp_path: Path) -> None:
     import numpy as np
 
-    from curation.embeddings import record_embeddings
+    from curation.embeddings.cache import record_embeddings
 
     ws, catalog = _team_workspace(review_env, tmp_path)
     pushed = _cli(ws, "review", "push", "--round", "vectors", "--vectors")

@@ -38,7 +38,7 @@ CHILD = textwrap.dedent(
     """
     import contextlib, sys, time
     from pathlib import Path
-    import curation.minhash_store as store
+    import curation.similarity.minhash_store as store
     import curation.scan as scan
     from schemas.catalog import Catalog
 

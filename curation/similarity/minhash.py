@@ -1,6 +1,6 @@
 """MinHash signatures for many texts at once, with numpy, and the Jaccard estimate they give.
 
-Each shingle hash (see :mod:`curation.shingles`) is reduced to 32 bits and passed through ``num_perm``
+Each shingle hash (see :mod:`curation.similarity.shingles`) is reduced to 32 bits and passed through ``num_perm``
 permutations ``x -> a_k * x + b_k mod 2^32`` (``a_k`` odd, so each is a bijection and adds no collisions); a
 signature holds the minimum of every permutation over the text's shingles. The probability that two signatures
 agree in one position is the Jaccard similarity of the shingle sets (up to 32-bit collisions), so the fraction
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.shingles import NORMALISATION, ShingleBatch, shingle_batch, splitmix64
+from curation.similarity.shingles import NORMALISATION, ShingleBatch, shingle_batch, splitmix64
 
 #: Names the arithmetic of signatures; part of every stored signature's parameter hash.
 SCHEME = "poly64-fmix64-hi32/affine32-v1"

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.minhash import MinHasher, MinHashParams, Sketches, from_bytes
-from curation.shingles import ShingleBatch
+from curation.similarity.minhash import MinHasher, MinHashParams, Sketches, from_bytes
+from curation.similarity.shingles import ShingleBatch
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json, sha256_text
 
@@ -100,8 +100,10 @@ def signatures_for(
     scope: str,
     on_chunk: Callable[[int], Any] | None = None,
     on_shingles: Callable[[np.ndarray, ShingleBatch], Any] | None = None,
+    store: bool = True,
 ) -> SignatureLookup:
-    """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog).
+    """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog and
+    ``store``: a reader such as a snapshot passes ``store=False`` and leaves the catalog as it found it).
 
     ``on_shingles(positions, batch)`` sees the shingles of the records sketched here (``positions`` index
     ``record_ids``), so a caller can keep their sets instead of shingling the texts again.
@@ -121,7 +123,8 @@ def signatures_for(
         new = hasher.sketch([texts[i] for i in chunk.tolist()], on_batch=hook)
         sketches.signatures[chunk] = new.signatures
         sketches.n_shingles[chunk] = new.n_shingles
-        save_signatures(catalog, key, params, scope, [record_ids[i] for i in chunk], new)
+        if store:
+            save_signatures(catalog, key, params, scope, [record_ids[i] for i in chunk], new)
         if on_chunk is not None:
             on_chunk(len(chunk))
     return SignatureLookup(sketches, len(missing), int(found.sum()))

@@ -40,49 +40,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from curation.lsh import band_key, sorted_unique
-from curation.minhash import estimate_pairs
-from curation.shingles import fmix64
+from curation.similarity.jaccard import ragged_arange
+from curation.similarity.lsh import band_key, sorted_unique
+from curation.similarity.minhash import estimate_pairs
+from curation.similarity.shingles import fmix64
+from curation.similarity.union_find import ArrayUnionFind
 
 _SALT = np.uint64(0x5EED_0F_BA4D)
 _GOLDEN = np.uint64(0x9E37_79B9_7F4A_7C15)
 _CHUNK_PAIRS = 1 << 22  # candidate pairs offered at once: bounds the temporary arrays
-
-
-class ArrayUnionFind:
-    """Union-find over ``0..n-1`` as one numpy array, kept fully compressed: ``parent[i]`` is ``i``'s root.
-
-    Roots are the smallest index of their component, so the result does not depend on the order of unions.
-    Unions come in batches: each round hooks every root to the smallest root it has an edge to (always to a
-    smaller index, so no cycle can form), then pointer jumping flattens the array again.
-    """
-
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n, dtype=np.int64)
-
-    def roots(self, items: np.ndarray) -> np.ndarray:
-        return self.parent[items]
-
-    def union(self, left: np.ndarray, right: np.ndarray) -> None:
-        while len(left):
-            a, b = self.parent[left], self.parent[right]
-            apart = a != b
-            if not apart.any():
-                return
-            left, right, a, b = left[apart], right[apart], a[apart], b[apart]
-            np.minimum.at(self.parent, np.maximum(a, b), np.minimum(a, b))
-            parent = self.parent
-            while True:
-                grand = parent[parent]
-                if np.array_equal(grand, parent):
-                    break
-                parent = grand
-            self.parent = parent
-
-
-def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """``concatenate([arange(s, s + k) for s, k in zip(starts, lengths)])`` without a Python loop."""
-    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 @dataclass(frozen=True)
@@ -135,7 +101,7 @@ def neighbour_links(runs: BandRuns, partners: int) -> tuple[np.ndarray, np.ndarr
     skip = (position == 0).astype(np.int64)
     count = np.maximum(count - skip, 0)
     left = np.repeat(np.arange(len(runs.members)), count)
-    right = _ragged(np.arange(len(runs.members)) + 1 + skip, count)
+    right = ragged_arange(np.arange(len(runs.members)) + 1 + skip, count)
     return runs.members[left], runs.members[right]
 
 
@@ -172,7 +138,7 @@ def cross_links(runs: BandRuns, roots: np.ndarray, chosen: np.ndarray) -> Iterat
         hi = max(lo + 1, int(np.searchsorted(ends, (ends[lo - 1] if lo else 0) + _CHUNK_PAIRS, side="right")))
         part = count[lo:hi]
         left = np.repeat(np.arange(lo, hi), part)
-        right = _ragged(group_end[lo:hi], part)
+        right = ragged_arange(group_end[lo:hi], part)
         yield runs.members[order[left]], runs.members[order[right]]
         lo = hi
 

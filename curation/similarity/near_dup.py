@@ -1,10 +1,11 @@
 """Near-duplicate detection: MinHash LSH candidates, verified by exact Jaccard, clustered with union-find.
 
-The pipeline over a list of texts: sketch (:mod:`curation.minhash`, or signatures stored earlier), LSH buckets
-(:mod:`curation.lsh`), candidate pairs verified on the exact shingle sets (:mod:`curation.verify`), so no
-reported pair is below the threshold, and union-find over the verified pairs. Two joins produce the pairs:
+The pipeline over a list of texts: sketch (:mod:`curation.similarity.minhash`, or signatures stored earlier), LSH
+buckets (:mod:`curation.similarity.lsh`), candidate pairs verified on the exact shingle sets
+(:mod:`curation.similarity.jaccard`), so no reported pair is below the threshold, and union-find over the verified
+pairs. Two joins produce the pairs:
 
-* ``mode="clusters"`` (the ``near_dup`` scan check): :mod:`curation.near_dup_join`, linear in the bucket
+* ``mode="clusters"`` (the ``near_dup`` scan check): :mod:`curation.similarity.near_dup_join`, linear in the bucket
   sizes. It verifies a pair only while its records are in different clusters, so it reports fewer pairs, but
   the same clusters: on the B3 truth set (17,676 banking77 + Toolformer records, thresholds 0.9-0.6) and the
   Toolformer ladder, clusters and kept members are identical to the all-pairs join's; on 50,000 heavy-family
@@ -13,7 +14,7 @@ reported pair is below the threshold, and union-find over the verified pairs. Tw
   candidate is verified, so ``pairs`` holds every pair found above the threshold: for checks that read the
   pairs themselves (the inconsistency check's prompt candidates). Quadratic in the bucket sizes.
 
-Each cluster keeps the member with the smallest :class:`~curation.exact_dup.KeepRank` (approved in review,
+Each cluster keeps the member with the smallest :class:`~curation.similarity.exact.KeepRank` (approved in review,
 best quality, earliest ingest, smallest id), and every member's exact Jaccard similarity to the kept member is
 computed once the kept member is chosen, whichever pairs were verified.
 
@@ -38,15 +39,25 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.exact_dup import DuplicateCluster, KeepRank, rank_key
-from curation.lsh import candidate_pairs, collision_probability, optimal_params
-from curation.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
-from curation.near_dup_join import ArrayUnionFind, JoinPlan, JoinState, band_runs, join_clusters
-from curation.shingles import ShingleBatch
-from curation.verify import ShingleRuns, ShingleSets, verify_pairs
+from curation.similarity.exact import DuplicateCluster, KeepRank, rank_key
+from curation.similarity.jaccard import ShingleRuns, ShingleSets, verify_pairs
+from curation.similarity.lsh import candidate_pairs, collision_probability, optimal_params
+from curation.similarity.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
+from curation.similarity.near_dup_join import JoinPlan, JoinState, band_runs, join_clusters
+from curation.similarity.shingles import ShingleBatch
+from curation.similarity.union_find import ArrayUnionFind
 
 Scope = Literal["pair", "prompt", "response"]
 JoinMode = Literal["pairs", "clusters"]
+
+
+def scope_text(prompt: str, response: str, scope: Scope) -> str:
+    """The text a scope compares: the prompt, the response, or both (``pair``)."""
+    if scope == "prompt":
+        return prompt
+    if scope == "response":
+        return response
+    return f"{prompt}\n{response}"
 
 
 class NearDupConfig(BaseModel):
@@ -151,7 +162,7 @@ def find_near_duplicates(
     """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order).
 
     ``mode="pairs"`` verifies every candidate pair, so ``pairs`` holds every pair found above the threshold
-    (for checks that read pairs); ``mode="clusters"`` runs the linear join of :mod:`curation.near_dup_join`:
+    (for checks that read pairs); ``mode="clusters"`` runs the linear join of :mod:`curation.similarity.near_dup_join`:
     the clusters and similarities to the kept member, with ``pairs`` only the verified pairs that joined them.
     ``shingles`` (clusters mode) holds sets collected while sketching, numbered like the input.
     """
@@ -185,7 +196,7 @@ def find_near_duplicates(
         good_left, good_right, similarity, sets, stats = _join_pairs(texts, sketches, config, finder)
     clock.append(time.perf_counter())  # the join's own stage times are in stats
     nearest = _nearest(ids, good_left, good_right, similarity)
-    clusters = _clusters(ids, _groups(finder.parent), ranks, sets, prefix)
+    clusters = _clusters(ids, finder.groups(), ranks, sets, prefix)
     clock.append(time.perf_counter())
     sketch_seconds, join_seconds, cluster_seconds = np.diff(clock).round(3).tolist()
     candidates_seconds = stats.pop("candidates_seconds")
@@ -264,17 +275,6 @@ def _join_pairs(texts: Sequence[str], sketches: Sketches, config: NearDupConfig,
 
 def _collect(runs: ShingleRuns, lo: int, hi: int, batch: ShingleBatch) -> None:
     runs.add(np.arange(lo, hi), batch)
-
-
-def _groups(roots: np.ndarray) -> list[list[int]]:
-    """The components of two or more rows, each as its sorted rows, in order of their smallest row."""
-    size = np.bincount(roots, minlength=len(roots))
-    members = np.flatnonzero(size[roots] >= 2)
-    if not len(members):
-        return []
-    members = members[np.argsort(roots[members], kind="stable")]
-    cuts = np.flatnonzero(np.diff(roots[members])) + 1
-    return [part.tolist() for part in np.split(members, cuts)]
 
 
 def _nearest(ids: list[str], left: np.ndarray, right: np.ndarray, similarity: np.ndarray) -> dict[str, Neighbour]:

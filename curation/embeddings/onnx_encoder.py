@@ -1,7 +1,8 @@
-"""ONNX Runtime backend of :class:`curation.embeddings.Encoder`: the transformer exported once, run by onnxruntime.
+"""ONNX Runtime backend of :class:`curation.embeddings.encoder.Encoder`: the transformer exported once, run by
+onnxruntime.
 
 Only the transformer (``input_ids``, ``attention_mask`` -> ``last_hidden_state``, dynamic batch and sequence axes)
-runs here; tokenising, batching, pooling and normalising stay in ``curation.embeddings``.
+runs here; tokenising, batching, pooling and normalising stay in ``curation.embeddings.encoder``.
 
 Variants (:data:`VARIANTS`), each derived from the previous file and stored once per model:
 

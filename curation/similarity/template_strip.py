@@ -3,8 +3,8 @@
 A dataset ingested with a template (``refinery ingest --template intent``: "Identify the intent of the following
 customer message. ... Customer message: {text}") gives every prompt the same words around its real content.
 Compared whole, two such prompts look alike because of the template; the contamination checks compare the
-content instead. Words are the tokens of :mod:`curation.shingles` (NFKC, casefolded, punctuation as separators),
-held as their 64-bit hashes.
+content instead. Words are the tokens of :mod:`curation.similarity.shingles` (NFKC, casefolded, punctuation as
+separators), held as their 64-bit hashes.
 
 A template is a word prefix (suffix) of at least TEMPLATE_MIN_WORDS words that more than TEMPLATE_FRACTION (and
 more than 10) of the texts start (end) with, looked for in the first TEMPLATE_SAMPLE texts. Each text is stripped
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curation.shingles import ShingleBatch, shingle_batch, tokens
+from curation.similarity.shingles import ShingleBatch, shingle_batch, tokens
 from schemas.ids import canonical_json, sha256_text
 
 #: A word prefix (suffix) that more than this fraction of the texts (training prompts, or eval items) start
@@ -32,7 +32,7 @@ TEMPLATE_FRACTION = 0.5
 TEMPLATE_MIN_WORDS = 3
 #: Templates are looked for in the first this many texts of each side.
 TEMPLATE_SAMPLE = 20_000
-#: The words of an ASCII text for :mod:`curation.shingles`: runs of letters and digits, lower-cased.
+#: The words of an ASCII text for :mod:`curation.similarity.shingles`: runs of letters and digits, lower-cased.
 _ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -137,8 +137,8 @@ def content_texts(texts: Sequence[str], templates: Templates, chunk: int = 50_00
     """Per text, its content as a text, and whether a template was stripped from it.
 
     A stripped text's content is its normalised words inside :func:`content_window`, joined by spaces, so
-    :mod:`curation.shingles` reads the same words from it (empty when the text is all template); any other text
-    is returned unchanged, so its shingles, and a MinHash signature stored for it, stay those of the text.
+    :mod:`curation.similarity.shingles` reads the same words from it (empty when the text is all template); any other
+    text is returned unchanged, so its shingles, and a MinHash signature stored for it, stay those of the text.
     """
     out = list(texts)
     stripped = np.zeros(len(out), dtype=bool)
@@ -155,5 +155,5 @@ def content_texts(texts: Sequence[str], templates: Templates, chunk: int = 50_00
 
 
 def words_of(text: str) -> list[str]:
-    """:func:`curation.shingles.tokens`, ten times faster on ASCII text (no Unicode normalisation to do)."""
+    """:func:`curation.similarity.shingles.tokens`, ten times faster on ASCII text (no Unicode normalisation to do)."""
     return _ASCII_WORD.findall(text.lower()) if text.isascii() else tokens(text)

@@ -10,7 +10,7 @@ Instead of inserting texts one by one into an index, :func:`candidate_pairs` sor
 reads the pairs off the runs of equal keys: a batch join that is a few numpy sorts for a million texts. A
 bucket with very many texts (thousands of copies of one template) gives a quadratic number of pairs, so each
 text is paired with at most ``window`` following texts of its bucket. This all-pairs join serves checks that
-need every pair; clusters come from the linear join of :mod:`curation.near_dup_join`, which reads the same
+need every pair; clusters come from the linear join of :mod:`curation.similarity.near_dup_join`, which reads the same
 buckets (:func:`band_key`) one band at a time.
 """
 
@@ -20,7 +20,7 @@ import functools
 
 import numpy as np
 
-from curation.shingles import fmix64, splitmix64
+from curation.similarity.shingles import fmix64, splitmix64
 
 _GRID = 2001  # points of the integration grid on [0, 1]
 

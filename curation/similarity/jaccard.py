@@ -18,14 +18,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from curation.lsh import sorted_unique
-from curation.shingles import ShingleBatch, shingle_batch
+from curation.similarity.lsh import sorted_unique
+from curation.similarity.shingles import ShingleBatch, shingle_batch
 
 _PAD = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 _CELLS = 1 << 21  # matrix cells per sorting step: bounds the temporary arrays (16 MB)
 
 
-def _ragged(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def ragged_arange(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``concatenate([arange(s, s + k) for s, k in zip(starts, lengths)])`` without a Python loop."""
     total = int(lengths.sum())
     return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(total)
@@ -68,8 +68,8 @@ def sorted_segments(values: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         if width < 2:
             continue
         matrix = np.full((len(rows), width), _PAD, dtype=np.uint64)
-        cells = _ragged(np.arange(len(rows)) * width, lengths[rows])
-        source = _ragged(offsets[rows], lengths[rows])
+        cells = ragged_arange(np.arange(len(rows)) * width, lengths[rows])
+        source = ragged_arange(offsets[rows], lengths[rows])
         matrix.ravel()[cells] = values[source]
         matrix.sort(axis=1)
         out[source] = matrix.ravel()[cells]
@@ -159,7 +159,7 @@ class ShingleSets:
         where = np.searchsorted(known, self.positions)
         self.sizes, self.starts = sizes[where], starts[where]
         if int(self.sizes.sum()) < runs.filled // 2:  # most collected sets are not needed: keep the others only
-            self.values = runs.buffer[_ragged(self.starts, self.sizes)]
+            self.values = runs.buffer[ragged_arange(self.starts, self.sizes)]
             self.starts = np.cumsum(self.sizes) - self.sizes
         else:
             self.values = runs.buffer[: runs.filled]
@@ -184,9 +184,11 @@ class ShingleSets:
             matrix = np.full((len(rows), width), _PAD, dtype=np.uint64)
             flat = matrix.ravel()
             row_start = np.arange(len(rows), dtype=np.int64) * width
-            flat[_ragged(row_start, size_a[rows])] = self.values[_ragged(self.starts[a[rows]], size_a[rows])]
-            flat[_ragged(row_start + size_a[rows], size_b[rows])] = self.values[
-                _ragged(self.starts[b[rows]], size_b[rows])
+            flat[ragged_arange(row_start, size_a[rows])] = self.values[
+                ragged_arange(self.starts[a[rows]], size_a[rows])
+            ]
+            flat[ragged_arange(row_start + size_a[rows], size_b[rows])] = self.values[
+                ragged_arange(self.starts[b[rows]], size_b[rows])
             ]
             matrix.sort(axis=1)
             equal = matrix[:, 1:] == matrix[:, :-1]
