@@ -196,11 +196,14 @@ def generate_greedy(
     batch_size: int = 16,
     description: str = "generate",
     min_shared_prefix: int = 16,
+    labels: Sequence[str] | None = None,
 ) -> list[str]:
     """Greedy answers to each conversation, batched; returned in input order, special tokens dropped.
 
     When all prompts share a token prefix of at least ``min_shared_prefix`` tokens (few-shot prompts), its
-    key/value cache is computed once and reused by every batch; 0 turns that off.
+    key/value cache is computed once and reused by every batch; 0 turns that off. With ``labels`` (a
+    classification task), an answer stops as soon as it can no longer name one of them (eval/answer_stop.py):
+    its score cannot change any more, and prose answers would otherwise run to ``max_new_tokens``.
     """
     torch = _require_torch()
     if batch_size < 1:
@@ -216,7 +219,14 @@ def generate_greedy(
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             ids, mask, cache = _prefixed_batch([encoded[i] for i in batch], prefix, _pad_id(tokenizer))
-            extra = {} if cache is None else {"cache": cache}
+            extra: dict[str, Any] = {} if cache is None else {"cache": cache}
+            if labels is not None:
+                from transformers import StoppingCriteriaList
+
+                from eval.answer_stop import outside_labels_stop
+
+                stop = outside_labels_stop(tokenizer, labels, ids.shape[1])
+                extra["stopping_criteria"] = StoppingCriteriaList([stop])
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs, **extra)
             for row, index in zip(out[:, ids.shape[1] :].tolist(), batch, strict=True):
                 answers[index] = _decode(tokenizer, row, stops)

@@ -69,6 +69,12 @@ class EvalConfig(BaseModel):
         f"replaced by each of {list(CONTENT_FREE_INPUTS)}) or none (raw log-likelihood). On banking77 (308 test "
         "queries, SmolLM2-135M) raw ranking was right 2.6% of the time, calibrated 14.3%. Part of the eval id.",
     )
+    stop_outside_labels: bool = Field(
+        default=True,
+        description="Classification: stop generating an answer once it can no longer name a label (its score cannot "
+        "change; the stored prediction is the text up to the stop). Prose answers of prompted baselines otherwise "
+        "run to max_new_tokens: measured in docs/EVAL.md.",
+    )
     contamination: Literal["fail", "exclude"] = Field(
         default="fail",
         description="Eval examples that overlap the training data: fail (the gate fails while any is in the eval "
@@ -317,7 +323,10 @@ def run_eval(
                 return lambda: label_loglikelihood_ranking(
                     model, tokenizer, convs, task.labels, config.ranking_batch_size, config.ranking_calibration
                 )
-            return lambda: generate_greedy(model, tokenizer, convs, max_new, config.batch_size, description=name)
+            stop = task.labels if task.has_labels and config.stop_outside_labels else None
+            return lambda: generate_greedy(
+                model, tokenizer, convs, max_new, config.batch_size, description=name, labels=stop
+            )
 
         results: dict[str, SystemResult] = {}
         for name in systems:

@@ -37,3 +37,24 @@ def test_a_stopped_answer_could_never_have_scored() -> None:
         assert not can_still_name_a_label(stopped, LABELS)
         for tail in ("", "d", "_arrival", " card_arrival", "."):
             assert normalize_answer(stopped + tail) not in LABELS
+
+
+@pytest.mark.slow
+def test_generation_with_the_stop_scores_exactly_as_without(chatty_model_dir, tiny_adapter_dir) -> None:
+    """The chatty tiny model answers in noise: every answer stops early, each is a prefix of the full answer, and
+    right/wrong is the same for every example and every system."""
+    from eval.baselines import zero_shot_messages
+    from eval.examples import EvalTask
+    from eval.generation import generate_greedy, load_model
+    from tests.eval.conftest import LABELS, labelled_examples
+
+    task = EvalTask(kind="classification", labels=LABELS)
+    examples = labelled_examples(per_label=3)
+    model, tokenizer = load_model(chatty_model_dir, tiny_adapter_dir)
+    for convs in ([e.messages_as_list() for e in examples], [zero_shot_messages(e, task) for e in examples]):
+        full = generate_greedy(model, tokenizer, convs, max_new_tokens=12, batch_size=4)
+        stopped = generate_greedy(model, tokenizer, convs, max_new_tokens=12, batch_size=4, labels=LABELS)
+        assert all(f.startswith(s) for f, s in zip(full, stopped, strict=True))
+        assert sum(len(s) for s in stopped) < sum(len(f) for f in full)  # noise stops early
+        for e, f, s in zip(examples, full, stopped, strict=True):
+            assert task.correct(s, e.reference) == task.correct(f, e.reference)
