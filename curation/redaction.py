@@ -1,6 +1,6 @@
 """PII redaction on demand: a new version of each record the ``pii`` check flagged, with typed placeholders.
 
-For every record flagged by ``pii`` in a scan, each message is redacted with :func:`curation.pii.redact` (the
+For every record flagged by ``pii`` in a scan, each message is redacted with :func:`curation.checks.pii.redact` (the
 same detectors and threshold as the scan) and the result is stored as a new record: a new content-addressed
 record id, ``parent_record_id`` = the original, written by the ingest's record writer
 (:func:`curation.ingest.store.insert_records`), plus a ``record_versions`` row (kind ``redaction``, actor
@@ -16,8 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation.checks.pii import PiiConfig, redact
 from curation.ingest.store import insert_records
-from curation.pii import PiiConfig, redact
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import canonical_json
 from schemas.progress import progress

@@ -7,7 +7,8 @@ Which records (the default policy; every rule is a :class:`SnapshotPolicy` field
 - out, in this order of precedence: forgotten records (``refinery forget``, and every version derived from
   them), records that are also registered eval items, records whose latest review decision is 'reject',
   removed (non-kept) members of ``exact`` / ``near_dup`` clusters, and records flagged by a *blocking* check
-  (:data:`DEFAULT_BLOCKING_CHECKS`: empty_response, pii, near_dup_eval, contamination, inconsistency) or
+  (the checks whose spec says ``blocks_snapshot``: empty_response, pii, near_dup_eval, contamination,
+  inconsistency) or
   scoring at or above a configured threshold, unless a human approved (or edited) them;
 - a human approval of a removed *near*-duplicate restores it (the reviewer judged it distinct); an exact
   duplicate stays out whatever the decision, since its kept member carries the same normalised text;
@@ -44,6 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from curation.checks.registry import BLOCKING_CHECKS, DUPLICATE_CHECKS, SPLIT_GROUP_CHECKS
 from curation.similarity.eval_match import ContaminationConfig, Reference, find_matches, load_eval_items
 from curation.similarity.near_dup import Scope, scope_text
 from curation.similarity.union_find import ArrayUnionFind
@@ -54,10 +56,6 @@ from schemas.manifest import Manifest, load_manifest, manifest_sha256, new_manif
 from schemas.progress import progress
 
 SPLITS = ("train", "validation", "test")
-#: Checks whose flag holds a record back until a human approves it.
-DEFAULT_BLOCKING_CHECKS = ("empty_response", "pii", "near_dup_eval", "contamination", "inconsistency")
-#: Duplicate checks whose clusters must stay within one split.
-DEFAULT_GROUP_BY = ("exact_prompt", "near_dup", "near_dup_prompt", "near_dup_response", "semantic_dup")
 #: Set to a stage name to make `create_snapshot` sleep there (crash tests kill the process at that point).
 PAUSE_ENV = "REFINERY_SNAPSHOT_PAUSE_AT"
 #: A file each stage name is appended to as it is reached (crash tests wait for it).
@@ -77,15 +75,15 @@ class SnapshotPolicy(BaseModel):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of records in test.")
     seed: int = Field(0, description="Changes every split assignment; keep it fixed across versions.")
     exclude_duplicates: list[str] = Field(
-        default_factory=lambda: ["exact", "near_dup"],
+        default_factory=lambda: list(DUPLICATE_CHECKS),
         description="Duplicate checks whose removed (non-kept) members are left out.",
     )
     group_by: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_GROUP_BY),
+        default_factory=lambda: list(SPLIT_GROUP_CHECKS),
         description="Duplicate checks whose clusters must stay within one split.",
     )
     blocking_checks: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_BLOCKING_CHECKS),
+        default_factory=lambda: list(BLOCKING_CHECKS),
         description="Checks whose flag holds a record back unless a human approved it.",
     )
     score_thresholds: dict[str, float] = Field(

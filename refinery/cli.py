@@ -171,7 +171,7 @@ def scan(
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""
     with cli_errors():
-        from curation.scan import DEFAULT_CHECKS, run_scan
+        from curation.checks import DEFAULT_CHECKS, run_scan
 
         per_check: dict[str, dict[str, Any]] = _load_config(config) if config else {}
         if checks is None:  # the default set plus any check the config file configures

@@ -95,7 +95,7 @@ def snapshot_check(
 ) -> None:
     """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
     with cli_errors():
-        from curation.contamination_check import check_against_snapshot as check
+        from curation.checks.near_dup_eval import check_against_snapshot as check
         from curation.similarity.eval_match import ContaminationConfig, best_matches
 
         config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})

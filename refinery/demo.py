@@ -29,9 +29,9 @@ def run_demo(
     base_model: str | None = None,
 ) -> str:
     """Run every stage on the demo corpus; return the gate verdict ("pass" or "fail")."""
+    from curation.checks import run_scan
     from curation.ingest.options import IngestOptions
     from curation.ingest.pipeline import ingest
-    from curation.scan import run_scan
     from curation.snapshot import create_snapshot
     from refinery.demo_corpus import write_demo_corpus
     from refinery.lineage import lineage, render_lineage

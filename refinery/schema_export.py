@@ -30,11 +30,11 @@ EXPORTED: dict[str, type[BaseModel]] = {
 def scan_config_model() -> type[BaseModel]:
     """The model of a `refinery scan --config` file: check name -> that check's options (only checks that take
     options; an unknown name is an error, as in the scan itself)."""
-    from curation.scan import CHECK_CONFIGS
+    from curation.checks.registry import check_configs
 
     fields: dict[str, tuple[object, object]] = {
         name: (model | None, Field(default=None, description=" ".join((model.__doc__ or name).split())))
-        for name, model in sorted(CHECK_CONFIGS.items())
+        for name, model in sorted(check_configs().items())
     }
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         "ScanConfig",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from curation.checks.registry import guide
 from curation.review.connection import Connection, ReviewError
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json
@@ -26,21 +27,6 @@ from schemas.progress import log, progress
 DECISIONS = ("approve", "reject", "edit")
 POLICIES = ("majority", "unanimous", "escalate")
 DEFAULT_WORKSPACE = "refinery"
-
-#: What each check means for an annotator (guidelines); checks not listed get a generic line.
-CHECK_GUIDES: dict[str, str] = {
-    "exact": "an exact duplicate (after normalisation) of another record, shown as the other record. "
-    "Reject unless this copy should be the one kept.",
-    "exact_prompt": "another record asks the same prompt. With a different answer this is a conflict: approve the "
-    "correct answer, reject or edit the wrong one.",
-    "near_dup": "a near-duplicate of the other record (MinHash, whole pair). Reject redundant copies.",
-    "near_dup_prompt": "the prompt nearly duplicates the other record's prompt. Check that both answers agree.",
-    "near_dup_response": "the response nearly duplicates the other record's response.",
-    "near_dup_eval": "overlaps an item of a registered eval set (contamination). Reject it unless the overlap is "
-    "harmless boilerplate.",
-    "inconsistency": "similar prompt, conflicting answer compared with the other record. Keep the correct one, edit "
-    "or reject the other.",
-}
 
 
 @dataclass
@@ -176,7 +162,7 @@ def guidelines(checks: Sequence[str], min_submitted: int) -> str:
         "## Checks",
     ]
     for check in checks:
-        lines.append(f"- **{check}**: {CHECK_GUIDES.get(check, 'flagged by this check; the findings field says why.')}")
+        lines.append(f"- **{check}**: {guide(check)}")
     return "\n".join(lines)
 
 

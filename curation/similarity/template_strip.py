@@ -10,8 +10,8 @@ A template is a word prefix (suffix) of at least TEMPLATE_MIN_WORDS words that m
 more than 10) of the texts start (end) with, looked for in the first TEMPLATE_SAMPLE texts. Each text is stripped
 of the longest prefix and suffix it has of the templates given (counted from TEMPLATE_MIN_WORDS words: every
 prefix of a template is as shared as the template, so a prompt keeps the first content word most prompts share).
-Used by ``contamination`` (:mod:`curation.ngram_contamination`, on word windows) and ``near_dup_eval``
-(:mod:`curation.contamination_check`, on content texts).
+Used by ``contamination`` (:mod:`curation.checks.contamination`, on word windows) and ``near_dup_eval``
+(:mod:`curation.checks.near_dup_eval`, on content texts).
 """
 
 from __future__ import annotations

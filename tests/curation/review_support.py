@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 import requests
 
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.review.connection import Connection
 from curation.review.server import serve, server_venv, stop
-from curation.scan import run_scan
 from schemas.catalog import Catalog
 from tests.support.require import in_ci
 

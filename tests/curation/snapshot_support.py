@@ -6,9 +6,9 @@ import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import run_scan
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json, record_id
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curation.contamination_check import check_against_snapshot
+from curation.checks import ScanError, run_scan
+from curation.checks.near_dup_eval import check_against_snapshot
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.ingest.templates import TEMPLATES
-from curation.scan import ScanError, run_scan
 from curation.similarity.eval_match import ContaminationConfig, ContaminationError, Match, cross_candidate_pairs
 from curation.similarity.lsh import band_keys
 from curation.similarity.minhash import MinHasher

@@ -6,19 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from curation import embedding_checks
-from curation.check_types import CheckContext, ScanRecord
-from curation.embedding_checks import (
-    InconsistencyConfig,
-    OutlierConfig,
-    SemanticDupConfig,
-    check_inconsistency,
-    check_outlier,
-    check_semantic_dup,
-)
+from curation.checks import neighbours, run_scan
+from curation.checks.inconsistency import InconsistencyConfig, check_inconsistency
+from curation.checks.near_dup import check_near_dup
+from curation.checks.outlier import OutlierConfig, check_outlier
+from curation.checks.semantic_dup import SemanticDupConfig, check_semantic_dup
+from curation.checks.spec import CheckContext, ScanRecord
 from curation.embeddings import cache as embedding_cache
-from curation.near_dup_check import check_near_dup
-from curation.scan import run_scan
 from curation.similarity.exact import KeepRank
 from curation.similarity.near_dup import NearDupConfig
 from schemas.catalog import Catalog
@@ -147,7 +141,7 @@ def test_scan_stores_conflicts_in_the_view(catalog: Catalog, tmp_path: Path) -> 
     assert (catalog.path.parent / "embeddings").is_dir()
     again = run_scan(catalog, ["inconsistency"], config={"inconsistency": {"prompt_threshold": 0.97}})
     assert (again.checks["inconsistency"]["embeddings_cached"], again.checks["inconsistency"]["embedded"]) == (14, 0)
-    embedding_checks._MEMO.clear()  # as in a new process: vectors come from the workspace cache
+    neighbours._MEMO.clear()  # as in a new process: vectors come from the workspace cache
     embedding_cache._CACHES.clear()
     third = run_scan(catalog, ["inconsistency"], config={"inconsistency": {"prompt_threshold": 0.96}})
     assert (third.checks["inconsistency"]["embeddings_cached"], third.checks["inconsistency"]["embedded"]) == (14, 0)
@@ -172,7 +166,7 @@ def test_another_embedding_recipe_is_another_scan(
 
 @pytest.mark.parametrize("bad", [{"k": 0}, {"z_threshold": -1}, {"field": "label"}, {"nope": 1}])
 def test_bad_config_is_refused(bad: dict[str, object]) -> None:
-    from curation.scan import ScanError, resolve_checks
+    from curation.checks import ScanError, resolve_checks
 
     with pytest.raises(ScanError, match="config of 'outlier'"):
         resolve_checks(["outlier"], {"outlier": bad})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from curation.scan import run_scan
+from curation.checks import run_scan
 from schemas.catalog import Catalog
 from tests.curation.ingest_support import run
 

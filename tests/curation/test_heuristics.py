@@ -7,15 +7,12 @@ from collections.abc import Callable
 
 import pytest
 
-from curation.check_types import CheckContext, CheckOutput, ScanRecord
-from curation.heuristics import (
-    check_empty_response,
-    check_length,
-    check_refusal,
-    check_repetitive,
-    check_truncated,
-    truncation_signals,
-)
+from curation.checks.empty_response import check_empty_response
+from curation.checks.length import check_length
+from curation.checks.refusal import check_refusal
+from curation.checks.repetitive import check_repetitive
+from curation.checks.spec import CheckContext, CheckOutput, ScanRecord
+from curation.checks.truncated import check_truncated, truncation_signals
 from curation.similarity.exact import KeepRank
 
 CHECKS: dict[str, Callable[..., CheckOutput]] = {

@@ -13,9 +13,9 @@ import hypothesis
 import numpy as np
 import pytest
 
+from curation.checks import ScanError, run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import ScanError, run_scan
 from curation.similarity.exact import KeepRank
 from curation.similarity.lsh import band_keys, candidate_pairs, optimal_params
 from curation.similarity.minhash import MinHasher, MinHashParams, estimate_jaccard

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from curation.check_types import CheckContext, ScanRecord
+from curation.checks import run_scan
+from curation.checks.contamination import EvalIndex, NgramContaminationConfig, check_ngram_contamination, overlaps
+from curation.checks.spec import CheckContext, ScanRecord
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.ngram_contamination import EvalIndex, NgramContaminationConfig, check_ngram_contamination, overlaps
-from curation.scan import run_scan
 from curation.similarity.eval_match import Reference
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import run_scan
 from curation.similarity.shingles import tokens
 from curation.snapshot import SnapshotPolicy, create_snapshot
 from schemas.catalog import Catalog

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from curation.check_types import CheckContext, CheckOutput
+from curation.checks import CHECKS, CheckSpec, run_scan
+from curation.checks.spec import CheckContext, CheckOutput
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.report import (
@@ -31,7 +32,6 @@ from curation.report import (
     sample_ids,
     write_report,
 )
-from curation.scan import CHECKS, run_scan
 from refinery.cli import app
 from schemas.catalog import Catalog
 from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
@@ -98,7 +98,7 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ingest(catalog, [root / "eval.jsonl"], IngestOptions(eval_set="heldout"))
     checks = ["exact", "exact_prompt", "near_dup", "near_dup_eval", "contamination", "inconsistency", "boom"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(CHECKS, "boom", _boom)
+        patch.setitem(CHECKS, "boom", CheckSpec("boom", _boom, higher_score="never runs to the end"))
         result = run_scan(catalog, checks)
     ids = {r["prompt"]: r["record_id"] for r in catalog.query("SELECT record_id, prompt FROM records")}
     top_a = catalog.query("SELECT record_id FROM records WHERE response = 'pending_top_up'")[0]["record_id"]

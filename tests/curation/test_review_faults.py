@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 import curation.review.connection as connection_module
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.review.connection import (
@@ -37,7 +38,6 @@ from curation.review.connection import (
 )
 from curation.review.pull import agreement, resolve
 from curation.review.push import push
-from curation.scan import run_scan
 from refinery.cli import app
 from schemas.catalog import Catalog
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curation.checks import DEFAULT_CHECKS, ScanError, run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import DEFAULT_CHECKS, ScanError, run_scan
 from curation.snapshot import SnapshotError, SnapshotPolicy, create_snapshot, load_snapshot, split_of
 from schemas.catalog import Catalog
 from schemas.manifest import ManifestError

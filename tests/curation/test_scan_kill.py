@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import run_scan
 from schemas.catalog import Catalog
 from tests.curation.test_near_dup import _chat, _results, mutate, random_text
 
@@ -39,12 +39,12 @@ CHILD = textwrap.dedent(
     import contextlib, sys, time
     from pathlib import Path
     import curation.similarity.minhash_store as store
-    import curation.scan as scan
+    import curation.checks.runner as scan
     from schemas.catalog import Catalog
 
     path, mode, chunk, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store.WRITE_CHUNK = chunk
-    real_save, real_store, real_write = store.save_signatures, scan._store_check, Catalog.write
+    real_save, real_store, real_write = store.save_signatures, scan.store_check, Catalog.write
     state = {"saves": 0, "in_save": False, "checks": 0}
 
     def hold(where):
@@ -77,7 +77,7 @@ CHILD = textwrap.dedent(
 
     Catalog.write = write
     store.save_signatures = save
-    scan._store_check = store_check
+    scan.store_check = store_check
     scan.run_scan(Catalog(Path(path)), sys.argv[5].split(","))
     print("done", flush=True)
     """

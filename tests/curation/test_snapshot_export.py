@@ -41,7 +41,7 @@ def test_alpaca_refuses_multi_turn_records(catalog: Catalog, tmp_path: Path) -> 
     turns = chat("hi there", "hello")["messages"] + chat("and again", "sure")["messages"]
     write_jsonl(tmp_path / "t.jsonl", [{"messages": turns}, *(chat(f"q {i}", "a") for i in range(5))])
     ingest(catalog, [tmp_path / "t.jsonl"], IngestOptions())
-    from curation.scan import run_scan
+    from curation.checks import run_scan
 
     run_scan(catalog)
     snap = load_snapshot(catalog, create_snapshot(catalog, tmp_path / "s").snapshot_id)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from curation.checks import run_scan
 from curation.forget import ForgetError, forget
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.scan import run_scan
 from curation.snapshot import SnapshotPolicy, assign_splits, create_snapshot, load_snapshot
 from curation.snapshot_diff import diff_snapshots
 from schemas.catalog import Catalog

@@ -128,7 +128,7 @@ def test_schema_export_writes_json_schemas(runner: CliRunner, tmp_path: Path) ->
 def test_schema_export_json_and_the_config_schemas_hold_every_option_with_its_default(
     runner: CliRunner, tmp_path: Path
 ) -> None:
-    from curation.scan import CHECK_CONFIGS
+    from curation.checks.registry import check_configs
     from curation.snapshot import SnapshotPolicy
     from eval.runner import EvalConfig
     from training.config import TrainConfig
@@ -156,7 +156,7 @@ def test_schema_export_json_and_the_config_schemas_hold_every_option_with_its_de
             assert prop.get("description") or referenced.get("description"), f"{name}.{field} has no help text"
     assert schema("train_config")["properties"]["epochs"]["default"] == TrainConfig().epochs
     scan = schema("scan_config")
-    assert set(scan["properties"]) == set(CHECK_CONFIGS) and scan["additionalProperties"] is False
+    assert set(scan["properties"]) == set(check_configs()) and scan["additionalProperties"] is False
     near_dup = scan["$defs"]["NearDupConfig"]["properties"]
     assert near_dup["threshold"]["default"] == 0.7 and near_dup["ngram"]["default"] == 5
     assert scan["properties"]["near_dup"]["default"] is None  # a check not named keeps its own defaults

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
+from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
 
 #: Typed placeholder of each kind in redacted text.
 PLACEHOLDERS: dict[str, str] = {
@@ -318,3 +318,13 @@ def check_pii(records: Sequence[ScanRecord], ctx: CheckContext | None = None) ->
             reason = "; ".join(described[:3]) + (f" (+{len(described) - 3} more)" if len(described) > 3 else "")
         findings.append(Finding(rec.record_id, score, flagged, reason, {"matches": details} if details else None))
     return CheckOutput(findings, summary={"threshold": config.threshold, "kinds": dict(sorted(kinds.items()))})
+
+
+SPEC = CheckSpec(
+    "pii",
+    check_pii,
+    higher_score="a more likely real piece of personal data or a secret (the best match's fixed score)",
+    config=PiiConfig,
+    default=True,
+    blocks_snapshot=True,
+)

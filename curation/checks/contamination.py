@@ -45,14 +45,13 @@ from difflib import SequenceMatcher
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Finding, ScanRecord
+from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, ContaminationHit, Finding, Needs, ScanRecord
 from curation.similarity.eval_match import ContaminationError, Reference, load_eval_items
 from curation.similarity.near_dup import Scope, scope_text
 from curation.similarity.shingles import shingle_batch, tokens
 from curation.similarity.template_strip import Templates, content_window, find_templates
 from schemas.progress import progress
 
-CHECK_NAME = "contamination"
 FULL_PROMPT = "full_prompt"
 TYPO = "typo"
 #: Two words are the same word mistyped at this character similarity (difflib ratio) or more.
@@ -361,3 +360,14 @@ def check_ngram_contamination(records: Sequence[ScanRecord], ctx: CheckContext) 
         "seconds": round(time.monotonic() - started, 3),
     }
     return CheckOutput(findings, summary=summary, contamination=hits)
+
+
+SPEC = CheckSpec(
+    "contamination",
+    check_ngram_contamination,
+    higher_score="more of an eval item found in the record (n-gram containment, or a typo copy's similarity)",
+    config=NgramContaminationConfig,
+    default=True,
+    blocks_snapshot=True,
+    needs=Needs(eval_sets=True),
+)

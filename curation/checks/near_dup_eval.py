@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from curation.check_types import CheckContext, CheckOutput, ContaminationHit, Finding, ScanRecord
+from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, ContaminationHit, Finding, Needs, ScanRecord
 from curation.similarity.eval_match import (
     ContaminationConfig,
     ContaminationError,
@@ -31,7 +31,6 @@ from curation.similarity.eval_match import (
 from curation.similarity.near_dup import scope_text
 from schemas.catalog import Catalog
 
-CHECK_NAME = "near_dup_eval"
 EMPTY_CONTENT = "empty, whitespace or punctuation only, or nothing but the prompt template"
 
 
@@ -83,6 +82,18 @@ def check_near_dup_eval(records: Sequence[ScanRecord], ctx: CheckContext) -> Che
         "seconds": round(time.monotonic() - started, 3),
     }
     return CheckOutput(findings, [], summary, contamination=hits)
+
+
+SPEC = CheckSpec(
+    "near_dup_eval",
+    check_near_dup_eval,
+    higher_score="closer to an eval item (the best exact Jaccard of the contents, 0.0 below the threshold)",
+    config=ContaminationConfig,
+    blocks_snapshot=True,
+    guide="overlaps an item of a registered eval set (contamination). Reject it unless the overlap is "
+    "harmless boilerplate.",
+    needs=Needs(eval_sets=True),
+)
 
 
 def check_against_snapshot(

@@ -21,7 +21,9 @@ import time
 from collections.abc import Sequence
 from typing import overload
 
-from curation.check_types import CheckContext, CheckOutput, Finding, ScanRecord
+from pydantic import BaseModel
+
+from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
 from curation.similarity.jaccard import ShingleRuns
 from curation.similarity.minhash_store import signatures_for
 from curation.similarity.near_dup import NearDupConfig, Scope, find_near_duplicates, scope_text
@@ -37,6 +39,12 @@ def resolve_scope(name: str, config: NearDupConfig) -> str:
     if config.scope != expected:
         raise ValueError(f"check {name} compares the {expected}; its scope cannot be {config.scope!r}")
     return name
+
+
+def _stored_name(name: str, config: BaseModel) -> str:
+    if not isinstance(config, NearDupConfig):
+        raise TypeError(f"{name} takes a NearDupConfig, not {type(config).__name__}")
+    return resolve_scope(name, config)
 
 
 class ScopeTexts(Sequence[str]):
@@ -115,3 +123,40 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
         "match_seconds": round(time.monotonic() - sketched_at, 3),
     }
     return CheckOutput(findings, result.clusters, summary)
+
+
+def _spec(scope: Scope, higher_score: str, guide: str, default: bool = False, removes: bool = False) -> CheckSpec:
+    """One of the three names: the same function and config, its scope preset, results stored under its name."""
+    return CheckSpec(
+        SCOPE_CHECKS[scope],
+        check_near_dup,
+        higher_score=higher_score,
+        config=NearDupConfig,
+        groups_splits=True,
+        guide=guide,
+        preset={} if scope == "pair" else {"scope": scope},
+        rename=_stored_name,
+        default=default,
+        removes_duplicates=removes,
+    )
+
+
+SPECS = (
+    _spec(
+        "pair",
+        "a more similar verified neighbour (exact Jaccard of the whole pair)",
+        "a near-duplicate of the other record (MinHash, whole pair). Reject redundant copies.",
+        default=True,
+        removes=True,
+    ),
+    _spec(
+        "prompt",
+        "a more similar verified neighbour (exact Jaccard of the prompts)",
+        "the prompt nearly duplicates the other record's prompt. Check that both answers agree.",
+    ),
+    _spec(
+        "response",
+        "a more similar verified neighbour (exact Jaccard of the responses)",
+        "the response nearly duplicates the other record's response.",
+    ),
+)

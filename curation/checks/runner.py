@@ -1,0 +1,161 @@
+"""`refinery scan`: run quality checks over the training records and store findings in the catalog.
+
+Every check returns one finding per record (score in [0, 1], higher = worse; a flag; a reason) and, for
+duplicate checks, the clusters with their kept member; the runner holds each output to that contract before
+storing it (:func:`enforce_contract`). A failing check, or one that breaks the contract, is recorded in the
+scan summary instead of aborting the scan. A scan's id derives from the record set and its config (and the
+eval sets and embedding models its checks depend on), so rerunning an unchanged scan is free, and a scan
+killed half-way is redone cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from curation.checks.registry import CHECKS, DEFAULT_CHECKS, resolve_checks
+from curation.checks.spec import CheckContext, CheckOutput, ContractError, ScanError, ScanRecord
+from curation.checks.store import delete_scan_rows, store_check
+from curation.embeddings.model import model_id
+from curation.similarity.eval_match import eval_items_hash
+from curation.similarity.exact import KeepRank
+from schemas.catalog import Catalog, add_lineage_edge, utcnow
+from schemas.ids import artifact_id, canonical_json, sha256_text
+from schemas.progress import log, progress
+
+
+@dataclass
+class ScanResult:
+    scan_id: str
+    records: int
+    seconds: float
+    checks: dict[str, dict[str, Any]]
+    reused: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"scan_id": self.scan_id, "records": self.records, "seconds": self.seconds}
+        out.update(self.checks)
+        out["reused"] = self.reused
+        return out
+
+
+def load_training_records(catalog: Catalog) -> list[ScanRecord]:
+    """Records with at least one training source row, each with the rank used to pick kept members."""
+    sql = """
+        WITH first_source AS (
+            SELECT s.record_id,
+                   min(struct_pack(t := strftime(b.started_at, '%Y-%m-%dT%H:%M:%S.%f'), r := s.row,
+                                   i := s.sub_index)) AS first
+            FROM source_rows s JOIN ingest_batches b USING (batch_id)
+            WHERE b.purpose = 'train'
+            GROUP BY s.record_id
+        )
+        SELECT r.record_id, r.prompt, r.response, r.label, f.first.t, f.first.r, f.first.i
+        FROM records r JOIN first_source f USING (record_id)
+        ORDER BY r.record_id
+    """
+    with catalog.read() as con:
+        rows = con.execute(sql).fetchall()
+    return [
+        ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
+        for rid, prompt, response, label, t, row, sub in rows
+    ]
+
+
+def scan_config(catalog: Catalog, resolved: dict[str, BaseModel | None]) -> dict[str, Any]:
+    """What a scan's id hashes besides the record set: the checks, their options, and what they depend on."""
+    config: dict[str, Any] = {"checks": sorted(resolved)}
+    params = {name: model.model_dump(mode="json") for name, model in resolved.items() if model is not None}
+    if params:  # absent for checks without config, so earlier scan ids stay valid
+        config["params"] = params
+    if any(CHECKS[name].needs.eval_sets for name in resolved):  # the result depends on the eval sets too
+        config["eval_items"] = eval_items_hash(catalog)
+    embedding = {
+        name: model_id(getattr(resolved[name], "model", None))
+        for name in resolved
+        if CHECKS[name].needs.embedding_model
+    }
+    if embedding:  # and on the vectors: another model, model file or quantised recipe is another scan
+        config["embedding_models"] = embedding
+    return config
+
+
+def enforce_contract(name: str, records: Sequence[ScanRecord], output: CheckOutput) -> None:
+    """Raise :class:`ContractError` unless ``output`` holds exactly one finding per record, every score (and
+    pair score) is a number in [0, 1], and no flagged finding scores 0 (higher means worse)."""
+    expected = [r.record_id for r in records]
+    found = [f.record_id for f in output.findings]
+    if len(found) != len(expected) or set(found) != set(expected):
+        missing = sorted(set(expected) - set(found))
+        repeated = len(found) - len(set(found))
+        raise ContractError(
+            f"check {name} returned {len(found)} findings for {len(expected)} records "
+            f"({len(missing)} records without one, {repeated} repeated)"
+        )
+    for f in output.findings:
+        if not (isinstance(f.score, int | float) and math.isfinite(f.score) and 0.0 <= f.score <= 1.0):
+            raise ContractError(f"check {name} scored record {f.record_id} {f.score!r}, outside [0, 1]")
+        if f.flagged and f.score == 0.0:
+            raise ContractError(f"check {name} flagged record {f.record_id} with score 0 (higher must mean worse)")
+    for p in output.pairs:
+        if not (math.isfinite(p.score) and 0.0 <= p.score <= 1.0):
+            raise ContractError(f"check {name} scored the pair {p.record_a}, {p.record_b} {p.score!r}")
+
+
+def run_scan(
+    catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS, config: dict[str, dict[str, Any]] | None = None
+) -> ScanResult:
+    """Run ``checks`` (with per-check ``config``, e.g. ``{"near_dup": {"threshold": 0.8}}``) over the records."""
+    resolved = resolve_checks(checks, config)
+    names = sorted(resolved)
+    started = time.monotonic()
+    records = load_training_records(catalog)
+    if not records:
+        raise ScanError("no training records in the catalog: run `refinery ingest` first")
+    config_of_scan = scan_config(catalog, resolved)
+    records_hash = sha256_text("\n".join(r.record_id for r in records))
+    scan_id = artifact_id("scan", {"records": records_hash, "config": config_of_scan})
+    with catalog.read() as con:
+        row = con.execute("SELECT status, summary_json FROM scans WHERE scan_id = ?", [scan_id]).fetchone()
+    if row is not None and row[0] == "complete":
+        return ScanResult(scan_id, len(records), time.monotonic() - started, json.loads(row[1]), reused=True)
+    with catalog.write() as con:
+        delete_scan_rows(con, scan_id)
+        con.execute(
+            "INSERT INTO scans (scan_id, status, config_json, records, started_at) VALUES (?, 'running', ?, ?, ?)",
+            [scan_id, canonical_json(config_of_scan), len(records), utcnow()],
+        )
+    summary: dict[str, dict[str, Any]] = {}
+    with progress("scan", total=len(names)) as bar:
+        for name in names:
+            bar.set_description(f"scan: {name}")
+            try:
+                output = CHECKS[name].run(records, CheckContext(catalog, resolved[name]))
+                enforce_contract(name, records, output)
+            except Exception as exc:  # one broken check must not sink the scan
+                summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
+                log(f"[red]check {name} failed[/red]: {exc}")
+                bar.advance()
+                continue
+            store_check(catalog, scan_id, name, output)
+            flagged = sum(f.flagged for f in output.findings)
+            summary[name] = {**output.summary, "flagged": flagged}
+            bar.advance()
+    with catalog.write() as con:
+        con.execute(
+            "UPDATE scans SET status = 'complete', summary_json = ?, finished_at = ? WHERE scan_id = ?",
+            [canonical_json(summary), utcnow(), scan_id],
+        )
+        batches = con.execute(
+            "SELECT DISTINCT batch_id FROM source_rows JOIN ingest_batches USING (batch_id) WHERE purpose = 'train'"
+        ).fetchall()
+        for (batch_id,) in batches:
+            add_lineage_edge(con, scan_id, "scan", batch_id, "batch", "scanned")
+    return ScanResult(scan_id, len(records), round(time.monotonic() - started, 3), summary)
