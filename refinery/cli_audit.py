@@ -55,7 +55,7 @@ def forget_command(
     """Keep a record (or every record of a source file) out of future snapshots; list the existing snapshots
     and adapters that hold them (history is not rewritten)."""
     with cli_errors():
-        from curation.forget import forget
+        from curation.amend.forget import forget
         from eval.registry import actor
 
         result = forget(_ws().catalog, actor=actor(), source=source, record_id=record, reason=reason)

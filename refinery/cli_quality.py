@@ -33,7 +33,7 @@ def redact(
 ) -> None:
     """Store a redacted version ([EMAIL], [PHONE], [CREDIT_CARD], ...) of every record pii flagged."""
     with cli_errors():
-        from curation.redaction import redact_scan
+        from curation.amend.redact import redact_scan
 
         result = redact_scan(_ws().catalog, scan)
         payload = result.to_json()

@@ -40,7 +40,8 @@ def report(
 ) -> None:
     """Write the quality report of a scan: counts, score histograms, clusters, embedding map, top examples."""
     with cli_errors():
-        from curation.report import resolve_scan_id, write_report
+        from curation.report.collect import resolve_scan_id
+        from curation.report.page import write_report
 
         ws = _ws()
         scan_id = resolve_scan_id(ws.catalog, scan)

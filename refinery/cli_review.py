@@ -132,7 +132,7 @@ def pull(
 def status(round_name: RoundOpt = None, as_json: JsonOpt = False) -> None:
     """Progress per round (pending, submitted, discarded, decided, agreement) from the last pull."""
     with cli_errors():
-        from curation.review.report import status as report
+        from curation.review.status import status as report
 
         rows = report(_ws().catalog, round_name)
         if as_json:
@@ -157,7 +157,7 @@ def calibrate(
 ) -> None:
     """Precision of each check at several thresholds, from the decisions so far, and a suggested threshold."""
     with cli_errors():
-        from curation.review.report import calibrate as run
+        from curation.review.status import calibrate as run
 
         result: dict[str, Any] = run(_ws().catalog, _floats(thresholds), budget, target)
         if as_json:

@@ -95,8 +95,8 @@ def snapshot_check(
 ) -> None:
     """Which records of a new batch near-duplicate a member of a frozen snapshot (best match per record)."""
     with cli_errors():
-        from curation.checks.near_dup_eval import check_against_snapshot as check
         from curation.similarity.eval_match import ContaminationConfig, best_matches
+        from curation.snapshot.contamination import check_against_snapshot as check
 
         config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
         matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
@@ -120,7 +120,7 @@ def snapshot_diff(
 ) -> None:
     """Records B adds, removes, changes (edited versions) and moves between splits relative to A, with reasons."""
     with cli_errors():
-        from curation.snapshot_diff import diff_snapshots
+        from curation.snapshot.diff import diff_snapshots
 
         diff = diff_snapshots(_ws().catalog, a, b)
         if as_json:
@@ -143,8 +143,8 @@ def snapshot_export(
     """Write a snapshot as JSONL (jsonl, openai, sharegpt, alpaca) or a Hugging Face dataset (hf) that
     `refinery ingest` reads back to the same record ids."""
     with cli_errors():
-        from curation.export import export_snapshot
         from curation.snapshot import load_snapshot
+        from curation.snapshot.export import export_snapshot
 
         snap = load_snapshot(_ws().catalog, snapshot_id)
         result = export_snapshot(snap, format, out.resolve(), split)

@@ -35,16 +35,16 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     """Library exceptions that mean 'the user asked for something impossible' (exit 2)."""
     from pydantic import ValidationError
 
+    from curation.amend.forget import ForgetError
+    from curation.amend.redact import RedactionError
     from curation.checks import ScanError
-    from curation.export import ExportError
-    from curation.forget import ForgetError
     from curation.ingest.options import IngestConfigError
-    from curation.redaction import RedactionError
-    from curation.report import ReportError
+    from curation.report.collect import ReportError
     from curation.review.connection import ReviewError
     from curation.similarity.eval_match import ContaminationError
     from curation.snapshot import SnapshotError
-    from curation.snapshot_diff import SnapshotDiffError
+    from curation.snapshot.diff import SnapshotDiffError
+    from curation.snapshot.export import ExportError
     from refinery.lineage import LineageError
 
     found: list[type[BaseException]] = [

@@ -277,8 +277,8 @@ def _contamination(
     banking77's snapshot stored 1,952 test items as matches of training queries that merely share the prompt
     template; 250 of a 400-item sample).
     """
-    from curation.checks.near_dup_eval import check_against_snapshot
     from curation.similarity.eval_match import ContaminationConfig
+    from curation.snapshot.contamination import check_against_snapshot
 
     train_prompts = {dedup_key(prompt_text(r["messages"])) for r in train_rows}
     items = {r["record_id"] for r in rows if dedup_key(prompt_text(r["messages"])) in train_prompts}

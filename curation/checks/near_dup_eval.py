@@ -1,6 +1,5 @@
 """The ``near_dup_eval`` check: training records that nearly duplicate a registered eval item (MinHash, verified
-exact Jaccard on the prompt contents; the matcher is :mod:`curation.similarity.eval_match`), and
-:func:`check_against_snapshot`: records that nearly duplicate a member of a frozen snapshot.
+exact Jaccard on the prompt contents; the matcher is :mod:`curation.similarity.eval_match`).
 
 The ``near_dup_eval`` check: one finding per training record; score = the best exact Jaccard to any eval item
 (0.0 when none reaches the threshold); flagged when one does; the reason and details name the best eval item
@@ -22,14 +21,11 @@ from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Contamina
 from curation.similarity.eval_match import (
     ContaminationConfig,
     ContaminationError,
-    Match,
-    Reference,
     best_matches,
     find_matches,
     load_eval_items,
 )
 from curation.similarity.near_dup import scope_text
-from schemas.catalog import Catalog
 
 EMPTY_CONTENT = "empty, whitespace or punctuation only, or nothing but the prompt template"
 
@@ -94,51 +90,3 @@ SPEC = CheckSpec(
     "harmless boilerplate.",
     needs=Needs(eval_sets=True),
 )
-
-
-def check_against_snapshot(
-    catalog: Catalog,
-    snapshot_id: str,
-    record_ids: Sequence[str] | None = None,
-    batch_id: str | None = None,
-    config: ContaminationConfig | None = None,
-) -> list[Match]:
-    """Records (given, or those of ``batch_id``) that nearly duplicate a member of the frozen snapshot.
-
-    Returns every verified match (``matched_in`` is the member's split), sorted by record id, then best
-    similarity first. A record that is itself a member matches itself with similarity 1.0.
-    """
-    config = config or ContaminationConfig(scope="pair")
-    if (record_ids is None) == (batch_id is None):
-        raise ContaminationError("give either record_ids or batch_id")
-    if catalog.scalar("SELECT count(*) FROM snapshots WHERE snapshot_id = ?", [snapshot_id]) == 0:
-        raise ContaminationError(f"unknown snapshot {snapshot_id!r}")
-    if batch_id is not None:
-        if catalog.scalar("SELECT count(*) FROM ingest_batches WHERE batch_id = ?", [batch_id]) == 0:
-            raise ContaminationError(f"unknown batch {batch_id!r}")
-        rows = catalog.query(
-            "SELECT r.record_id, r.prompt, r.response FROM records r "
-            "WHERE r.record_id IN (SELECT record_id FROM source_rows WHERE batch_id = ?) ORDER BY r.record_id",
-            [batch_id],
-        )
-    else:
-        wanted = sorted(set(record_ids or []))
-        rows = catalog.query(
-            "SELECT record_id, prompt, response FROM records WHERE list_contains(?, record_id) ORDER BY record_id",
-            [wanted],
-        )
-        missing = sorted(set(wanted) - {r["record_id"] for r in rows})
-        if missing:
-            raise ContaminationError(f"unknown record(s): {', '.join(missing[:5])}")
-    members = catalog.query(
-        "SELECT m.record_id, m.split, r.prompt, r.response FROM snapshot_members m JOIN records r USING (record_id) "
-        "WHERE m.snapshot_id = ? ORDER BY m.record_id",
-        [snapshot_id],
-    )
-    references = [
-        Reference(m["record_id"], scope_text(m["prompt"], m["response"], config.scope), m["split"]) for m in members
-    ]
-    ids = [r["record_id"] for r in rows]
-    texts = [scope_text(r["prompt"], r["response"], config.scope) for r in rows]
-    matches, _, _ = find_matches(catalog, ids, texts, references, config)
-    return matches

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from curation.checks import ScanError, run_scan
-from curation.checks.near_dup_eval import check_against_snapshot
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.ingest.templates import TEMPLATES
@@ -21,6 +20,7 @@ from curation.similarity.minhash import MinHasher
 from curation.similarity.shingles import shingle_batch, tokens
 from curation.similarity.template_strip import Templates, content_texts, find_templates, words_of
 from curation.snapshot import SnapshotPolicy, create_snapshot
+from curation.snapshot.contamination import check_against_snapshot
 from schemas.catalog import Catalog
 from tests.curation.test_near_dup import _chat, random_text, token_jaccard
 

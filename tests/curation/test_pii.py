@@ -14,7 +14,7 @@ from curation.checks.pii import check_pii, find_pii, iban_valid, luhn_valid, red
 from curation.checks.spec import CheckContext, ScanRecord
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.redaction import RedactionError, redact_scan
+from curation.amend.redact import RedactionError, redact_scan
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
 

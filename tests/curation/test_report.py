@@ -22,16 +22,9 @@ from curation.checks import CHECKS, CheckSpec, run_scan
 from curation.checks.spec import CheckContext, CheckOutput
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.report import (
-    TEXT_LIMIT,
-    ReportError,
-    _map_section,
-    _text,
-    collect_report,
-    pca_2d,
-    sample_ids,
-    write_report,
-)
+from curation.report.collect import ReportError, collect_report
+from curation.report.embedding_map import pca_2d, sample_ids
+from curation.report.page import TEXT_LIMIT, _map_section, _text, write_report
 from refinery.cli import app
 from schemas.catalog import Catalog
 from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from curation.review.connection import ReviewPaths, ReviewServerError, resolve_connection
 from curation.review.pull import pull
 from curation.review.push import push, push_round
-from curation.review.report import calibrate, status
+from curation.review.status import calibrate, status
 from refinery.cli import app
 from schemas.catalog import Catalog
 from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key, planted_workspace

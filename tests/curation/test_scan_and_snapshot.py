@@ -11,7 +11,8 @@ import pytest
 from curation.checks import DEFAULT_CHECKS, ScanError, run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.snapshot import SnapshotError, SnapshotPolicy, create_snapshot, load_snapshot, split_of
+from curation.snapshot import SnapshotError, SnapshotPolicy, create_snapshot, load_snapshot
+from curation.snapshot.splits import split_of
 from schemas.catalog import Catalog
 from schemas.manifest import ManifestError
 

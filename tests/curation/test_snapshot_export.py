@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from curation.export import FORMATS, ExportError, export_snapshot
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.snapshot import SPLITS, create_snapshot, load_snapshot
+from curation.snapshot.export import FORMATS, ExportError, export_snapshot
 from schemas.catalog import Catalog
 from tests.curation.snapshot_support import build_corpus, chat, write_jsonl
 

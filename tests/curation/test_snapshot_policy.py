@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from curation.checks import run_scan
-from curation.forget import ForgetError, forget
+from curation.amend.forget import ForgetError, forget
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.snapshot import SnapshotPolicy, assign_splits, create_snapshot, load_snapshot
-from curation.snapshot_diff import diff_snapshots
+from curation.snapshot import SnapshotPolicy, create_snapshot, load_snapshot
+from curation.snapshot.diff import diff_snapshots
+from curation.snapshot.splits import assign_splits
 from schemas.catalog import Catalog
 from tests.curation.snapshot_support import add_edit, build_corpus, decide
 

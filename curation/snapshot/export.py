@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.snapshot import SPLITS, Snapshot
+from curation.snapshot.load import Snapshot
+from curation.snapshot.policy import SPLITS
 from schemas.atomic import atomic_directory, write_text_atomic
 
 FORMATS = ("jsonl", "hf", "openai", "sharegpt", "alpaca")
