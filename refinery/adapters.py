@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refinery.output import CheckFailed, UsageError
+from refinery.errors import CheckFailed, UsageError
 from refinery.pipeline import ADAPTER_SUBDIR
 from refinery.workspace import Workspace
 from schemas.atomic import atomic_directory

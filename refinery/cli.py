@@ -1,4 +1,9 @@
-"""The `refinery` command: parses arguments, calls the library, prints the result. Nothing else lives here."""
+"""The `refinery` command: parses arguments, calls the library, prints the result. Nothing else lives here.
+
+The command groups live in ``cli_<group>.py`` modules that register themselves on :data:`app` (below); they and
+this module share ``cli_context`` (the chosen workspace, config loading, exit codes) and ``output`` (printing),
+and neither imports this module, so there is no import cycle.
+"""
 
 from __future__ import annotations
 
@@ -16,24 +21,22 @@ import typer
 
 from refinery.cli_adapter import register as register_adapter_commands
 from refinery.cli_audit import register as register_audit_commands
+from refinery.cli_context import (
+    EXIT_FAILED,
+    choose_workspace,
+    cli_errors,
+    current_workspace,
+    current_workspace_path,
+    load_config,
+)
 from refinery.cli_quality import register as register_quality_commands
 from refinery.cli_registry import register as register_registry_commands
 from refinery.cli_report import register as register_report_commands
 from refinery.cli_review import register as register_review_commands
 from refinery.cli_snapshot import register as register_snapshot_commands
-from refinery.output import (
-    EXIT_FAILED,
-    CheckFailed,
-    JsonOpt,
-    UsageError,
-    cli_errors,
-    emit_json,
-    print_facts,
-    print_table,
-    scan_table_rows,
-    stdout,
-)
-from refinery.workspace import Workspace, open_workspace, resolve_workspace_path
+from refinery.errors import CheckFailed, UsageError
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, scan_table_rows, stdout
+from refinery.workspace import Workspace
 
 app = typer.Typer(
     name="refinery",
@@ -46,8 +49,6 @@ schema_app = typer.Typer(
     help="The JSON Schemas of Refinery's records and manifests and of its config files.", no_args_is_help=True
 )
 app.add_typer(schema_app, name="schema")
-
-_state: dict[str, Any] = {"workspace": None}
 
 
 @app.callback()
@@ -62,7 +63,7 @@ def _main(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    _state["workspace"] = workspace
+    choose_workspace(workspace)
     if quiet:
         os.environ["REFINERY_PROGRESS"] = "0"
     if quiet or os.environ.get("REFINERY_PROGRESS", "1") in ("0", "false", "no") or not sys.stderr.isatty():
@@ -71,10 +72,6 @@ def _main(
         # these once: tqdm's TQDM_* overrides at import)
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("TQDM_DISABLE", "1")
-
-
-def _ws() -> Workspace:
-    return open_workspace(_state["workspace"])
 
 
 def _parse_mapping(pairs: list[str]) -> dict[str, str]:
@@ -130,7 +127,7 @@ def ingest(
             max_bad_ratio=max_bad_ratio,
             max_field_chars=max_field_chars,
         )
-        ws = _ws()
+        ws = current_workspace()
         result = run_ingest(ws.catalog, [p.resolve() for p in paths], options)
         payload = result.to_json()
         if as_json:
@@ -173,7 +170,7 @@ def scan(
     with cli_errors():
         from curation.checks import DEFAULT_CHECKS, run_scan
 
-        per_check: dict[str, dict[str, Any]] = _load_config(config) if config else {}
+        per_check: dict[str, dict[str, Any]] = load_config(config) if config else {}
         if checks is None:  # the default set plus any check the config file configures
             names = list(dict.fromkeys([*DEFAULT_CHECKS, *per_check]))
         else:
@@ -186,7 +183,7 @@ def scan(
                 raise UsageError(f"--{', --'.join(given).replace('_', '-')} only apply to near_dup checks")
             for name in targets:
                 per_check.setdefault(name, {}).update(given)
-        ws = _ws()
+        ws = current_workspace()
         result = run_scan(ws.catalog, names, per_check or None)
         if as_json:
             emit_json(result.to_json())
@@ -210,12 +207,12 @@ def train(
     with cli_errors():
         from refinery.pipeline import train_adapter
 
-        overrides: dict[str, Any] = _load_config(config) if config else {}
+        overrides: dict[str, Any] = load_config(config) if config else {}
         if max_steps is not None:
             overrides["max_steps"] = max_steps
         if epochs is not None:
             overrides["epochs"] = epochs
-        result = train_adapter(_ws(), snapshot, base_model, overrides)
+        result = train_adapter(current_workspace(), snapshot, base_model, overrides)
         emit_json(result) if as_json else print_facts(result, title="adapter")
 
 
@@ -234,7 +231,7 @@ def eval_command(
     with cli_errors():
         from refinery.pipeline import evaluate_adapter
 
-        result = evaluate_adapter(_ws(), adapter, eval_set, limit, _load_config(config) if config else {})
+        result = evaluate_adapter(current_workspace(), adapter, eval_set, limit, load_config(config) if config else {})
         if as_json:
             emit_json(result)
         else:
@@ -258,7 +255,7 @@ def lineage(
         from refinery.lineage import lineage as build
         from refinery.lineage import render_lineage
 
-        tree = build(_ws().catalog, identifier)
+        tree = build(current_workspace().catalog, identifier)
         emit_json(tree) if as_json else stdout.print(render_lineage(tree))
 
 
@@ -272,7 +269,7 @@ def sql(
     with cli_errors():
         import duckdb
 
-        ws = Workspace(resolve_workspace_path(_state["workspace"]))
+        ws = Workspace(current_workspace_path())
         try:
             rows = ws.catalog.query(query)
         except duckdb.Error as exc:
@@ -338,7 +335,7 @@ def demo(
     with cli_errors():
         from refinery.demo import run_demo
 
-        ws = _ws()
+        ws = current_workspace()
         with _console_to_stderr() if as_json else contextlib.nullcontext():
             verdict = run_demo(ws, n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
         if as_json:
@@ -358,23 +355,6 @@ register_adapter_commands(app)
 register_audit_commands(app)
 register_review_commands(app)
 register_quality_commands(app)
-
-
-def _load_config(path: Path | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    if not path.is_file():
-        raise UsageError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    import yaml
-
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UsageError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a mapping at the top level")
-    return data
 
 
 def main() -> None:

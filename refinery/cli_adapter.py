@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, stdout
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.output import JsonOpt, emit_json, print_facts, stdout
 
 ADAPTER_GROUP = "adapter"
 GENERATE_COMMAND = "generate"
@@ -24,10 +25,9 @@ def adapter_merge(
     """Fold an adapter into its base model: a standalone safetensors model folder with a verified manifest."""
     with cli_errors():
         from refinery.adapters import merge
-        from refinery.cli import _ws as workspace  # the --workspace option lives on the main app's callback
         from schemas.manifest import load_manifest
 
-        path = merge(workspace(), adapter_id, out)
+        path = merge(current_workspace(), adapter_id, out)
         manifest = load_manifest(path, verify=False)  # merge() verified it already
         payload = {
             "adapter_id": adapter_id,
@@ -52,9 +52,8 @@ def generate_command(
     """Greedy answer to a prompt from base model + adapter (chat template applied)."""
     with cli_errors():
         from refinery.adapters import generate_text
-        from refinery.cli import _ws as workspace
 
-        answer = generate_text(workspace(), adapter, prompt, system, max_new_tokens, base_only)
+        answer = generate_text(current_workspace(), adapter, prompt, system, max_new_tokens, base_only)
         if as_json:
             emit_json({"adapter_id": adapter, "prompt": prompt, "answer": answer, "base_only": base_only})
         else:

@@ -7,20 +7,13 @@ missing, orphaned or dangling; forget 0 (the request is stored), 2 for an unknow
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from refinery.output import CheckFailed, JsonOpt, cli_errors, emit_json, print_facts, print_table, stdout
-
-if TYPE_CHECKING:
-    from refinery.workspace import Workspace
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.errors import CheckFailed
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, stdout
 
 
 def audit_command(
@@ -32,7 +25,7 @@ def audit_command(
     with cli_errors():
         from refinery.audit import audit
 
-        report = audit(_ws(), deep=deep)
+        report = audit(current_workspace(), deep=deep)
         if as_json:
             emit_json(report.to_json())
         else:
@@ -58,7 +51,7 @@ def forget_command(
         from curation.amend.forget import forget
         from eval.registry import actor
 
-        result = forget(_ws().catalog, actor=actor(), source=source, record_id=record, reason=reason)
+        result = forget(current_workspace().catalog, actor=actor(), source=source, record_id=record, reason=reason)
         payload = result.to_json()
         if as_json:
             emit_json(payload)

@@ -6,22 +6,14 @@ the pii check, no scan yet).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, print_table
-
-if TYPE_CHECKING:
-    from refinery.workspace import Workspace
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.output import JsonOpt, emit_json, print_facts, print_table
 
 pii_app = typer.Typer(help="PII found by `refinery scan` (check pii): redaction.", no_args_is_help=True)
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
 
 
 @pii_app.command("redact")
@@ -35,7 +27,7 @@ def redact(
     with cli_errors():
         from curation.amend.redact import redact_scan
 
-        result = redact_scan(_ws().catalog, scan)
+        result = redact_scan(current_workspace().catalog, scan)
         payload = result.to_json()
         if as_json:
             emit_json(payload)

@@ -11,20 +11,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from refinery.output import CheckFailed, JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.errors import CheckFailed, UsageError
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, stdout
 
 if TYPE_CHECKING:
     from eval.registry import PromotionEvent
-    from refinery.workspace import Workspace
 
 #: Columns of `refinery registry` in the terminal (--json has every column of the `registry` view).
 TABLE_COLUMNS = ("adapter_id", "status", "promoted_at", "verdict", "metric", "adapter_score", "eval_id", "created_at")
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
 
 
 def _show(event: PromotionEvent, as_json: bool) -> None:
@@ -50,7 +45,7 @@ def promote(
         from eval.registry import promote as run_promote
 
         try:
-            event = run_promote(_ws().catalog, adapter, force=force, reason=reason)
+            event = run_promote(current_workspace().catalog, adapter, force=force, reason=reason)
         except PromotionRefused as exc:
             raise CheckFailed(str(exc)) from exc
         except RegistryError as exc:
@@ -65,7 +60,7 @@ def rollback(as_json: JsonOpt = False) -> None:
         from eval.registry import rollback as run_rollback
 
         try:
-            event = run_rollback(_ws().catalog)
+            event = run_rollback(current_workspace().catalog)
         except RegistryError as exc:
             raise UsageError(str(exc)) from exc
         _show(event, as_json)
@@ -76,7 +71,7 @@ def registry(as_json: JsonOpt = False) -> None:
     with cli_errors():
         from eval.registry import current, list_registry
 
-        catalog = _ws().catalog
+        catalog = current_workspace().catalog
         rows = list_registry(catalog)
         now = current(catalog)
         if as_json:

@@ -6,20 +6,12 @@ Exit codes: 0 written, 2 a usage problem (no complete scan, unknown scan id, bad
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, stdout
-
-if TYPE_CHECKING:
-    from refinery.workspace import Workspace
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.output import JsonOpt, emit_json, print_facts, stdout
 
 
 def report(
@@ -43,7 +35,7 @@ def report(
         from curation.report.collect import resolve_scan_id
         from curation.report.page import write_report
 
-        ws = _ws()
+        ws = current_workspace()
         scan_id = resolve_scan_id(ws.catalog, scan)
         path = html.expanduser().resolve() if html else ws.root / "reports" / f"{scan_id}.html"
         result = write_report(ws.catalog, path, scan_id, examples, max_points, compute_embeddings)

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from refinery.output import JsonOpt, UsageError, cli_errors, emit_json, print_facts, print_table, stdout
+from refinery.cli_context import cli_errors, current_workspace
+from refinery.errors import UsageError
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, stdout
 
 if TYPE_CHECKING:
-    from refinery.workspace import Workspace
     from schemas.catalog import Catalog
 
 REVIEW_GROUP = "review"
@@ -21,12 +22,6 @@ review_app = typer.Typer(
 )
 
 RoundOpt = Annotated[str | None, typer.Option("--round", "-r", help="Review round name (one Argilla dataset each).")]
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
 
 
 @review_app.command("serve")
@@ -40,7 +35,7 @@ def serve(
     with cli_errors():
         from curation.review.server import serve as start
 
-        info = start(_ws().root, port=port, host=host, wait=wait)
+        info = start(current_workspace().root, port=port, host=host, wait=wait)
         payload = {k: info.get(k) for k in ("url", "pid", "redis", "log", "credentials_file", "already_running")}
         if as_json:
             emit_json(payload)
@@ -60,7 +55,7 @@ def stop(as_json: JsonOpt = False) -> None:
     with cli_errors():
         from curation.review.server import stop as halt
 
-        result = halt(_ws().root)
+        result = halt(current_workspace().root)
         emit_json(result) if as_json else print_facts(result, title="Argilla server")
 
 
@@ -95,7 +90,7 @@ def push(
         from curation.review.connection import resolve_connection
         from curation.review.push import push as run
 
-        ws = _ws()
+        ws = current_workspace()
         names = [c.strip() for c in checks.split(",") if c.strip()] if checks else None
         result = run(
             ws.catalog, resolve_connection(ws.root), round_name=round_name, scan_id=scan, checks=names, limit=limit,
@@ -117,7 +112,7 @@ def pull(
         from curation.review.connection import resolve_connection
         from curation.review.pull import pull as run
 
-        ws = _ws()
+        ws = current_workspace()
         results = [r.to_json() for r in run(ws.catalog, resolve_connection(ws.root), round_name, policy)]
         if as_json:
             emit_json({"rounds": results})
@@ -134,7 +129,7 @@ def status(round_name: RoundOpt = None, as_json: JsonOpt = False) -> None:
     with cli_errors():
         from curation.review.status import status as report
 
-        rows = report(_ws().catalog, round_name)
+        rows = report(current_workspace().catalog, round_name)
         if as_json:
             emit_json({"rounds": rows})
         else:
@@ -159,7 +154,7 @@ def calibrate(
     with cli_errors():
         from curation.review.status import calibrate as run
 
-        result: dict[str, Any] = run(_ws().catalog, _floats(thresholds), budget, target)
+        result: dict[str, Any] = run(current_workspace().catalog, _floats(thresholds), budget, target)
         if as_json:
             emit_json(result)
             return

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
-from refinery.output import JsonOpt, cli_errors, emit_json, print_facts, print_table, stdout
-
-if TYPE_CHECKING:
-    from refinery.workspace import Workspace
+from refinery.cli_context import cli_errors, current_workspace, load_config
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, stdout
 
 SNAPSHOT_GROUP = "snapshot"
 
 snapshot_app = typer.Typer(help="Freeze approved records into versioned, content-hashed splits.", no_args_is_help=True)
-
-
-def _ws() -> Workspace:
-    from refinery.cli import _ws as workspace  # the --workspace option is parsed by refinery.cli's callback
-
-    return workspace()
-
-
-def _load_config(path: Path | None) -> dict[str, Any]:
-    from refinery.cli import _load_config as load
-
-    return load(path)
 
 
 @snapshot_app.command("create")
@@ -39,8 +25,8 @@ def snapshot_create(
     with cli_errors():
         from curation.snapshot import SnapshotPolicy, create_snapshot
 
-        ws = _ws()
-        spec = SnapshotPolicy.model_validate(_load_config(policy)) if policy else SnapshotPolicy()
+        ws = current_workspace()
+        spec = SnapshotPolicy.model_validate(load_config(policy)) if policy else SnapshotPolicy()
         result = create_snapshot(ws.catalog, ws.snapshots_dir, spec, parent=parent)
         if as_json:
             emit_json(result.to_json())
@@ -52,7 +38,7 @@ def snapshot_create(
 def snapshot_list(as_json: JsonOpt = False) -> None:
     """Every snapshot with its split sizes."""
     with cli_errors():
-        rows = _ws().catalog.query(
+        rows = current_workspace().catalog.query(
             "SELECT snapshot_id, created_at, train, validation, test, parent_id, scan_id FROM snapshots "
             "ORDER BY created_at"
         )
@@ -65,7 +51,7 @@ def snapshot_show(snapshot_id: str, as_json: JsonOpt = False) -> None:
     with cli_errors():
         from curation.snapshot import load_snapshot
 
-        snap = load_snapshot(_ws().catalog, snapshot_id)
+        snap = load_snapshot(current_workspace().catalog, snapshot_id)
         manifest = snap.manifest.model_dump()
         if as_json:
             emit_json(manifest)
@@ -80,7 +66,7 @@ def snapshot_verify(snapshot_id: str, as_json: JsonOpt = False) -> None:
     with cli_errors():
         from curation.snapshot import load_snapshot
 
-        snap = load_snapshot(_ws().catalog, snapshot_id)
+        snap = load_snapshot(current_workspace().catalog, snapshot_id)
         payload = {"snapshot_id": snapshot_id, "ok": True, "files": len(snap.manifest.files)}
         emit_json(payload) if as_json else stdout.print(f"{snapshot_id}: {payload['files']} files verified")
 
@@ -99,7 +85,7 @@ def snapshot_check(
         from curation.snapshot.contamination import check_against_snapshot as check
 
         config = ContaminationConfig.model_validate({"threshold": threshold, "scope": scope})
-        matches = best_matches(check(_ws().catalog, snapshot_id, batch_id=batch, config=config))
+        matches = best_matches(check(current_workspace().catalog, snapshot_id, batch_id=batch, config=config))
         rows = [
             {"record_id": m.record_id, "matched_record_id": m.matched_record_id, "similarity": m.similarity,
              "split": m.matched_in}
@@ -122,7 +108,7 @@ def snapshot_diff(
     with cli_errors():
         from curation.snapshot.diff import diff_snapshots
 
-        diff = diff_snapshots(_ws().catalog, a, b)
+        diff = diff_snapshots(current_workspace().catalog, a, b)
         if as_json:
             emit_json(diff)
             return
@@ -146,7 +132,7 @@ def snapshot_export(
         from curation.snapshot import load_snapshot
         from curation.snapshot.export import export_snapshot
 
-        snap = load_snapshot(_ws().catalog, snapshot_id)
+        snap = load_snapshot(current_workspace().catalog, snapshot_id)
         result = export_snapshot(snap, format, out.resolve(), split)
         emit_json(result.to_json()) if as_json else print_facts(result.to_json(), title="export")
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from eval.registry import EVENT_PREFIX as PROMOTION_PREFIX
 from schemas.catalog import Catalog
+from schemas.errors import InputError
 from schemas.ids import kind_of
 
 
-class LineageError(Exception):
+class LineageError(InputError):
     """The id is unknown or names nothing in the catalog."""
 
 

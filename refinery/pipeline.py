@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from curation.similarity.exact import dedup_key
 from curation.snapshot import load_snapshot
-from refinery.output import UsageError
+from refinery.errors import UsageError
 from refinery.workspace import Workspace
 from schemas.atomic import atomic_directory, clean_staging
 from schemas.catalog import add_lineage_edge, utcnow

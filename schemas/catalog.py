@@ -18,11 +18,13 @@ from typing import Any
 
 import duckdb
 
+from schemas.errors import Failure
+
 CATALOG_NAME = "catalog.duckdb"
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-class CatalogError(Exception):
+class CatalogError(Failure):
     """The catalog could not be opened, migrated or queried."""
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from schemas.atomic import write_text_atomic
+from schemas.errors import Failure
 from schemas.ids import sha256_file, sha256_tree
 
 MANIFEST_NAME = "manifest.json"
@@ -42,7 +43,7 @@ TRACKED_LIBRARIES = (
 )
 
 
-class ManifestError(Exception):
+class ManifestError(Failure):
     """An artifact failed verification: missing, unreadable or altered."""
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from schemas.catalog import Catalog, utcnow
+from schemas.errors import InputError
 from schemas.ids import canonical_json, sha256_text
 
 FORGET_PREFIX = "forget_"
 
 
-class ForgetError(Exception):
+class ForgetError(InputError):
     """The record or source file is not in the catalog, or the request is malformed."""
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from curation.checks.pii import PiiConfig, redact
 from curation.ingest.store import insert_records
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
+from schemas.errors import InputError
 from schemas.ids import canonical_json
 from schemas.progress import progress
 from schemas.records import Message, Record
@@ -26,7 +27,7 @@ from schemas.records import Message, Record
 ACTOR = "refinery:pii"
 
 
-class RedactionError(Exception):
+class RedactionError(InputError):
     """Redaction cannot run: unknown scan, or a scan without the ``pii`` check."""
 
 

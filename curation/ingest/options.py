@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from schemas.errors import InputError
 from schemas.records import BatchPurpose
 
 
-class IngestConfigError(ValueError):
+class IngestConfigError(InputError, ValueError):
     """The ingest options or inputs cannot work (unknown format, bad mapping, missing file...)."""
 
 

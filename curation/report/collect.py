@@ -15,6 +15,7 @@ import numpy as np
 
 from curation.report.embedding_map import MAX_POINTS, EmbeddingMap, EmbeddingSource, build_embedding_map
 from schemas.catalog import Catalog
+from schemas.errors import InputError
 from schemas.progress import progress
 
 #: Histogram bins over the score range.
@@ -34,7 +35,7 @@ SIZE_BUCKETS: tuple[tuple[str, int, int], ...] = (
 )
 
 
-class ReportError(Exception):
+class ReportError(InputError):
     """The report cannot be made (no complete scan, unknown scan id)."""
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from schemas.errors import InputError
 from schemas.progress import log
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ T = TypeVar("T")
 sleep: Callable[[float], None] = time.sleep
 
 
-class ReviewError(Exception):
+class ReviewError(InputError):
     """A review command cannot do what was asked (bad round, no server, missing setup): exit code 2."""
 
 

@@ -46,10 +46,11 @@ from curation.similarity.minhash_store import SignatureLookup, signatures_for
 from curation.similarity.near_dup import NearDupConfig, Scope, match_stats, scope_text
 from curation.similarity.template_strip import Templates, content_texts, find_templates, group_templates
 from schemas.catalog import Catalog
+from schemas.errors import InputError
 from schemas.ids import canonical_json, sha256_text
 
 
-class ContaminationError(Exception):
+class ContaminationError(InputError):
     """The comparison cannot run (unknown snapshot or batch, bad arguments)."""
 
 

@@ -18,9 +18,10 @@ from collections import Counter
 from typing import Any
 
 from schemas.catalog import Catalog
+from schemas.errors import InputError
 
 
-class SnapshotDiffError(Exception):
+class SnapshotDiffError(InputError):
     """A snapshot to compare is not in the catalog."""
 
 

@@ -26,12 +26,13 @@ from typing import Any
 from curation.snapshot.load import Snapshot
 from curation.snapshot.policy import SPLITS
 from schemas.atomic import atomic_directory, write_text_atomic
+from schemas.errors import InputError
 
 FORMATS = ("jsonl", "hf", "openai", "sharegpt", "alpaca")
 _SHAREGPT_FROM = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}
 
 
-class ExportError(Exception):
+class ExportError(InputError):
     """The format, split or output path is unusable, or a record cannot be expressed in the format."""
 
 

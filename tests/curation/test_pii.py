@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from curation.amend.redact import RedactionError, redact_scan
 from curation.checks import run_scan
 from curation.checks.pii import check_pii, find_pii, iban_valid, luhn_valid, redact
 from curation.checks.spec import CheckContext, ScanRecord
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
-from curation.amend.redact import RedactionError, redact_scan
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from curation.checks import run_scan
 from curation.amend.forget import ForgetError, forget
+from curation.checks import run_scan
 from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from curation.snapshot import SnapshotPolicy, create_snapshot, load_snapshot

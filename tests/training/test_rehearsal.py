@@ -77,7 +77,7 @@ def test_only_conversations_that_fit_are_drawn() -> None:
     short = lambda c: sum(len(m["content"]) for m in c) < 300  # noqa: E731
     general, mix = draw_rehearsal(900, 0.1, seed=0, fits=short)
     assert all(short(c) for c in general) and mix.eligible_general < 300
-    with pytest.raises(RehearsalSetError, match="fits rehearsal.max_tokens"):
+    with pytest.raises(RehearsalSetError, match=r"fits rehearsal\.max_tokens"):
         draw_rehearsal(900, 0.1, seed=0, fits=lambda c: False)
 
 
