@@ -58,11 +58,12 @@ def test_run_eval_end_to_end(chatty_model_dir: Path, tiny_adapter_dir: Path, tas
     base, tokenizer = load_model(chatty_model_dir)
     zero = [zero_shot_messages(e, task) for e in examples]
     max_new = default_max_new_tokens(task, tokenizer)
-    plain = generate_greedy(base, tokenizer, zero, max_new_tokens=max_new)
+    # stop_outside_labels is on by default: answers stop once they can no longer name a label
+    plain = generate_greedy(base, tokenizer, zero, max_new_tokens=max_new, labels=task.labels)
     assert report.systems["base_zero_shot"].predictions == plain
     # ... and the adapter changes the model (random LoRA A and B), so the check above has teeth.
     adapted, _ = load_model(chatty_model_dir, tiny_adapter_dir)
-    assert generate_greedy(adapted, tokenizer, zero, max_new_tokens=max_new) != plain
+    assert generate_greedy(adapted, tokenizer, zero, max_new_tokens=max_new, labels=task.labels) != plain
 
 
 def test_contaminated_run_fails_and_config_is_validated(

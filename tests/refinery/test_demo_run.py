@@ -14,7 +14,9 @@ from refinery.workspace import open_workspace
 def test_demo_chain_runs_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model_dir: Path) -> None:
     ws = open_workspace(tmp_path / "ws")
     verdict = run_demo(ws, n_train=400, max_steps=4, eval_limit=12, base_model=str(tiny_model_dir))
-    assert verdict in ("pass", "fail")
+    # 4 steps on an untrained tiny model learn nothing: the gate must say so (the real pass is `make demo` on
+    # SmolLM2, far too slow for a test; tests/refinery/test_gate_verdicts.py passes a good tiny adapter)
+    assert verdict == "fail"
     catalog = ws.catalog
     assert catalog.scalar("SELECT count(*) FROM quarantined_rows") > 0  # the planted broken rows
     checks = {r["check_name"] for r in catalog.query("SELECT DISTINCT check_name FROM findings")}
@@ -22,6 +24,6 @@ def test_demo_chain_runs_end_to_end_on_the_tiny_model(tmp_path: Path, tiny_model
     snapshot = catalog.query("SELECT train, validation, test FROM snapshots")[0]
     assert snapshot["train"] > 0 and snapshot["validation"] > 0
     run = catalog.query("SELECT verdict, reason FROM eval_runs")[0]
-    assert run["verdict"] == verdict and run["reason"]
+    assert run["verdict"] == verdict and "is not above the minimum gain" in run["reason"]
     systems = {r["system"] for r in catalog.query("SELECT DISTINCT system FROM eval_results")}
-    assert systems == {"adapter", "base_zero_shot", "base_few_shot"}
+    assert systems == {"adapter", "base_zero_shot", "base_few_shot", "base_label_ranking"}
