@@ -52,8 +52,9 @@ Calibration = Literal["contextual", "none"]
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 #: Labels scoring within this many nats of the best are scored in full, so float noise cannot flip the argmax.
 _TIE_MARGIN = 1e-3
-#: Nodes fed per search step, across the queries searched together: wide enough for efficient matmuls.
-_STEP_TOKENS = 64
+#: Nodes fed per search step, across the queries searched together. Wider steps mean fewer, larger matmuls but
+#: more nodes fed on speculation: 192 ran 7-15% faster than 64 on 64 banking77 queries (4 alternating runs).
+_STEP_TOKENS = 192
 
 
 def content_free_conversations(
