@@ -29,10 +29,11 @@ class GateThresholds(BaseModel):
     n_resamples: int = Field(default=2000, ge=100, description="Bootstrap resamples.")
     seed: int = Field(default=0, description="Bootstrap seed (the same inputs give the same CI).")
     max_regression: float = Field(
-        default=0.10,
+        default=0.20,
         ge=0.0,
         description="Largest allowed relative rise of the adapter's mean token loss on the general set over the "
-        "base model's (0.10 = +10%).",
+        "base model's (0.20 = +20%). Calibrated on SmolLM2-135M (docs/EVAL.md): adapters of the shipped recipe "
+        "rose 3-13%, damaging ones (no rehearsal, one-word answers, a 30x learning rate) 36-478%.",
     )
 
 

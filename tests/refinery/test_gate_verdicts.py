@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from eval.gate import GateThresholds
 from refinery.cli import app
 
 pytestmark = pytest.mark.slow
@@ -172,7 +173,7 @@ def test_a_good_adapter_passes_for_the_right_reasons(setting: dict[str, Any], go
     regression = report["regression"]
     assert regression["status"] == "pass" and regression["n_prompts"] == 48
     assert regression["general_set"] == "refinery:general_reference.jsonl"
-    assert regression["relative_change"] <= 0.10
+    assert regression["relative_change"] <= GateThresholds().max_regression
     assert "general-capability check pass" in report["reason"]
     # promotion is allowed on that verdict (in a copy: a promoted adapter joins later evals as the champion)
     copy = setting["root"] / "promoted-ws"
@@ -213,7 +214,7 @@ def test_forgetting_fails_on_the_general_check_alone(setting: dict[str, Any]) ->
     assert report["verdict"] == "fail"
     assert report["adapter"] >= 0.9 and report["ci_low"] > 0 and report["p_value"] < 0.05  # the task is learned
     regression = report["regression"]
-    assert regression["status"] == "fail" and regression["relative_change"] > 0.10
+    assert regression["status"] == "fail" and regression["relative_change"] > GateThresholds().max_regression
     reason = report["reason"]
     assert "general-capability regression: mean token loss of the human answers to 48 general prompts" in reason
     assert "minimum gain" not in reason and "not below alpha" not in reason and "contaminated" not in reason
