@@ -7,7 +7,7 @@ A seeded generator writes realistic support-desk records (a question and an answ
 known fraction are near-duplicates (a copy of an earlier record with one or two small edits) and 2% exact
 duplicates after normalisation. Each pipeline runs in its own process (so peak RSS is its own) on the same
 records: Refinery = normalised-text exact clusters + near_dup as the scan runs it (sketch, the clusters join
-of curation/near_dup_join.py, exact similarities to the kept members); datasketch = the same exact step +
+of curation/similarity/near_dup_join.py, exact similarities to the kept members); datasketch = the same exact step +
 ``MinHash.bulk`` with Python word 5-grams, ``MinHashLSH`` insert and query per record, union-find over the
 query results (no verification). Heavy families of near-duplicates: ``bench_b2_families.py``. "planted recall" is the
 share of planted pairs whose exact Jaccard reaches the threshold that end up in one cluster. Writes
@@ -24,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from dedup_common import machine, peak_rss_mb, python_shingles, table, write_result
+from dedup_common import machine, peak_rss_mb, python_shingles, table, union_lsh_matches, write_result
 
 GREETINGS = ["Hi,", "Hello,", "Hey there,", "Good morning,", "", "", "Quick question:", "Please help,"]
 SUBJECTS = [
@@ -197,22 +197,7 @@ def worker_datasketch(texts: list[str], threshold: float) -> dict[str, Any]:
     with lsh.insertion_session() as session:
         for i, m in enumerate(sketches):
             session.insert(i, m, check_duplication=False)
-    parent = list(range(len(texts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    pairs = 0
-    for i, m in enumerate(sketches):
-        for j in lsh.query(m):
-            if j != i:
-                pairs += 1
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
+    find, pairs = union_lsh_matches(sketches, lsh)
     sizes: dict[int, int] = {}
     for i in range(len(texts)):
         root = find(i)

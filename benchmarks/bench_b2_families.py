@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dedup_common import alpaca_text, machine, peak_rss_mb, python_shingles, table, write_result
+from dedup_common import alpaca_text, machine, peak_rss_mb, python_shingles, table, union_lsh_matches, write_result
 from family_corpus import FamilyCorpus, generate_families
 
 ENGINES = ("refinery", "refinery-pairs", "datasketch")
@@ -120,22 +120,7 @@ def worker_datasketch(texts: list[str], threshold: float) -> tuple[dict[str, Any
     with lsh.insertion_session() as session:
         for i, m in enumerate(sketches):
             session.insert(i, m, check_duplication=False)
-    parent = list(range(len(texts)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    pairs = 0
-    for i, m in enumerate(sketches):
-        for j in lsh.query(m):
-            if j != i:
-                pairs += 1
-                ri, rj = find(i), find(j)
-                if ri != rj:
-                    parent[max(ri, rj)] = min(ri, rj)
+    find, pairs = union_lsh_matches(sketches, lsh)
     seconds = time.perf_counter() - started
     roots = np.array([find(i) for i in range(len(texts))], dtype=np.int64)
     size = np.bincount(roots, minlength=len(texts))

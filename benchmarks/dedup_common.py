@@ -1,4 +1,4 @@
-"""Shared helpers of the dedup benchmarks (B1-B3): data loading, baselines' shingling, result files."""
+"""Shared helpers of the dedup benchmarks (B1-B3): data loading, baselines' shingling and union-find, result files."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import platform
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,31 @@ def python_shingles(text: str, n: int = 5) -> list[str]:
     if len(words) < n:
         return [" ".join(words)] if words else []
     return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+def union_lsh_matches(sketches: Sequence[Any], lsh: Any) -> tuple[Callable[[int], int], int]:
+    """The datasketch baseline's clustering: union-find over every record's ``lsh.query`` matches (no verification).
+
+    Returns ``find`` (record index -> the smallest index of its cluster) and the number of query matches (pairs
+    counted from both sides, a record's match with itself excluded).
+    """
+    parent = list(range(len(sketches)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    pairs = 0
+    for i, m in enumerate(sketches):
+        for j in lsh.query(m):
+            if j != i:
+                pairs += 1
+                ri, rj = find(i), find(j)
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+    return find, pairs
 
 
 def machine() -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.embeddings import onnx_encoder
+from schemas.errors import InputError
 from schemas.ids import canonical_json, sha256_text, sha256_tree
 
 #: Bump when the encoding recipe changes the vectors (it is part of every model id).
@@ -19,8 +20,8 @@ DEFAULT_MODEL_NAME = "all-MiniLM-L6-v2"
 BACKENDS = ("auto", "onnx", "torch")
 
 
-class EmbeddingError(ValueError):
-    """Bad input for embedding: an unknown field, record ids not in the catalog, an unusable model folder."""
+class EmbeddingError(InputError, ValueError):
+    """Bad input for embedding: an unknown field, record ids not in the catalog, an unusable model folder (exit 2)."""
 
 
 def default_model_path() -> Path:

@@ -23,6 +23,7 @@ from curation.similarity.near_dup import NearDupConfig, find_near_duplicates
 from curation.similarity.shingles import exact_jaccard, shingle_batch, tokens
 from schemas.catalog import Catalog
 from tests.support.require import require_module
+from tests.support.texts import mutate, random_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,22 +49,6 @@ def ranks_for(ids: list[str]) -> dict[str, KeepRank]:
 
 def _chat(user: str, assistant: str) -> str:
     return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
-
-
-_VOCABULARY = """the a my card bank money transfer account pending refund payment balance app phone top up cash
-why how when is not has been blocked stolen abroad fee charged twice limit verify identity statement salary loan rate"""
-WORDS = _VOCABULARY.split()
-
-
-def random_text(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def mutate(rng: random.Random, text: str, edits: int) -> str:
-    words = text.split()
-    for _ in range(edits):
-        words[rng.randrange(len(words))] = rng.choice(WORDS) + "x"
-    return " ".join(words)
 
 
 # --- shingling and bad input -------------------------------------------------------------------------------

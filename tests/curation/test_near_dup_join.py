@@ -21,37 +21,10 @@ from curation.similarity.near_dup_join import (
 )
 from curation.similarity.shingles import exact_jaccard, shingle_batch
 from curation.similarity.union_find import ArrayUnionFind
+from tests.support.texts import BANKING_WORDS, mutate, random_text
 
-WORDS = [
-    "the",
-    "a",
-    "my",
-    "card",
-    "bank",
-    "money",
-    "transfer",
-    "account",
-    "pending",
-    "refund",
-    "payment",
-    "balance",
-    "app",
-    "phone",
-    "top",
-    "up",
-    "cash",
-]
-
-
-def random_text(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def mutate(rng: random.Random, text: str, edits: int) -> str:
-    words = text.split()
-    for _ in range(edits):
-        words[rng.randrange(len(words))] = rng.choice(WORDS) + "x"
-    return " ".join(words)
+#: This file's vocabulary: the first 17 of the banking words (the texts its tests were written with).
+WORDS = BANKING_WORDS[:17]
 
 
 def ranks_for(ids: list[str]) -> dict[str, KeepRank]:
@@ -136,9 +109,9 @@ def _families(seed: int, sizes: list[int], edits: int) -> list[str]:
     rng = random.Random(seed)
     texts = []
     for size in sizes:
-        base = random_text(rng, 40)
-        texts += [mutate(rng, base, rng.randint(0, edits)) for _ in range(size)]
-    texts += [random_text(rng, 40) for _ in range(30)]
+        base = random_text(rng, 40, WORDS)
+        texts += [mutate(rng, base, rng.randint(0, edits), WORDS) for _ in range(size)]
+    texts += [random_text(rng, 40, WORDS) for _ in range(30)]
     rng.shuffle(texts)
     return texts
 
@@ -186,7 +159,7 @@ def test_clusters_do_not_depend_on_input_order() -> None:
 
 def test_shingle_sets_collected_while_sketching_equal_sets_shingled_afresh() -> None:
     rng = random.Random(6)
-    texts = [mutate(rng, random_text(rng, rng.randint(1, 80)), 3) for _ in range(300)] + ["", "?!"]
+    texts = [mutate(rng, random_text(rng, rng.randint(1, 80), WORDS), 3, WORDS) for _ in range(300)] + ["", "?!"]
     collected = ShingleRuns()
     MinHasher().sketch(texts, batch_chars=2000, on_batch=lambda lo, hi, b: collected.add(np.arange(lo, hi), b))
     wanted = np.arange(0, len(texts), 2)

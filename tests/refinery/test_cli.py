@@ -91,6 +91,20 @@ def test_usage_errors_exit_2_with_one_line(runner: CliRunner, tmp_path: Path, ar
     assert len(err.strip().splitlines()) == 1, err
 
 
+def test_scan_with_a_missing_embedding_model_folder_is_a_one_line_usage_error(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    _invoke(runner, ws, "ingest", str(_rows(tmp_path)))
+    missing = tmp_path / "nonexistent" / "folder"
+    config = tmp_path / "checks.yaml"
+    config.write_text(f"outlier: {{model: {missing}}}\n")
+    code, out, err = _invoke(runner, ws, "scan", "--checks", "outlier", "--config", str(config))
+    assert code == 2, err
+    assert str(missing) in err and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
 def test_sql_is_read_only_and_reports_sql_errors(runner: CliRunner, tmp_path: Path) -> None:
     _invoke(runner, tmp_path / "ws", "ingest", str(_rows(tmp_path)))
     code, _, err = _invoke(runner, tmp_path / "ws", "sql", "DELETE FROM records")

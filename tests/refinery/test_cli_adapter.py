@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from refinery.cli import app
 from refinery.cli_adapter import register
 from schemas.manifest import ManifestError, load_manifest
+from tests.support.cli import invoke_cli, run_cli
 from tests.support.tiny_model import build_tiny_model, randomize_weights
 
 pytestmark = pytest.mark.slow
@@ -22,17 +22,6 @@ register(app)
 
 LABELS = ["alpha", "beta", "gamma"]
 PROMPTS = ["Where is my card?", "beta case 7"]
-
-
-def _invoke(ws: Path, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--workspace", str(ws), "--quiet", *args])
-
-
-def _run(ws: Path, *args: str) -> dict[str, Any]:
-    result = _invoke(ws, *args, "--json")
-    assert result.exit_code == 0, result.output + (result.stderr or "")
-    payload: dict[str, Any] = json.loads(result.stdout)
-    return payload
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +37,20 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data = root / "train.jsonl"
     data.write_text("\n".join(rows) + "\n")
     ws = root / "ws"
-    _run(ws, "ingest", str(data))
-    _run(ws, "scan", "--checks", "exact")
-    snap = _run(ws, "snapshot", "create")
+    run_cli(ws, "ingest", str(data))
+    run_cli(ws, "scan", "--checks", "exact")
+    snap = run_cli(ws, "snapshot", "create")
     config = root / "train.yaml"
     config.write_text("batch_size: 8\nlearning_rate: 0.02\n")
     args = ["--snapshot", snap["snapshot_id"], "--base-model", str(base), "--config", str(config)]
-    adapter = _run(ws, "train", *args, "--max-steps", "3")
+    adapter = run_cli(ws, "train", *args, "--max-steps", "3")
     return {"ws": ws, "base": base, "adapter_id": adapter["adapter_id"], "root": root}
 
 
 @pytest.fixture(scope="module")
 def merged(trained: dict[str, Any]) -> Path:
     out = trained["root"] / "merged"
-    payload = _run(trained["ws"], "adapter", "merge", trained["adapter_id"], str(out))
+    payload = run_cli(trained["ws"], "adapter", "merge", trained["adapter_id"], str(out))
     assert payload["path"] == str(out.resolve()) and payload["merged_id"] == trained["adapter_id"] + "-merged"
     return out
 
@@ -94,7 +83,7 @@ def test_merged_folder_answers_like_base_plus_adapter(trained: dict[str, Any], m
     with torch.no_grad():
         torch.testing.assert_close(plain(ids).logits, peft_model(ids).logits, rtol=1e-4, atol=1e-4)
     # the CLI answers the same as the library with the adapter applied
-    cli = _run(trained["ws"], "generate", "--adapter", trained["adapter_id"], PROMPTS[0], "--max-new-tokens", "12")
+    cli = run_cli(trained["ws"], "generate", "--adapter", trained["adapter_id"], PROMPTS[0], "--max-new-tokens", "12")
     assert cli == {
         "adapter_id": trained["adapter_id"],
         "prompt": PROMPTS[0],
@@ -116,7 +105,7 @@ def test_merged_manifest_verifies_and_tampering_is_detected(
     (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
     with pytest.raises(ManifestError, match=r"config\.json was modified"):
         load_manifest(copy)
-    again = _invoke(trained["ws"], "adapter", "merge", trained["adapter_id"], str(merged), "--json")
+    again = invoke_cli(trained["ws"], "adapter", "merge", trained["adapter_id"], str(merged), "--json")
     assert again.exit_code == 2 and "already exists" in again.stderr
 
 
@@ -126,15 +115,15 @@ def test_generate_plain_and_base_only(trained: dict[str, Any]) -> None:
     from training.inference import generate, load_for_inference
 
     ws, adapter_id = trained["ws"], trained["adapter_id"]
-    printed = _invoke(ws, "generate", "--adapter", adapter_id, PROMPTS[1], "--max-new-tokens", "8")
+    printed = invoke_cli(ws, "generate", "--adapter", adapter_id, PROMPTS[1], "--max-new-tokens", "8")
     assert printed.exit_code == 0, printed.output
-    answer = _run(ws, "generate", "-a", adapter_id, PROMPTS[1], "--max-new-tokens", "8")["answer"]
+    answer = run_cli(ws, "generate", "-a", adapter_id, PROMPTS[1], "--max-new-tokens", "8")["answer"]
     assert printed.stdout.strip() == answer
-    base_only = _run(ws, "generate", "-a", adapter_id, PROMPTS[1], "--max-new-tokens", "8", "--base-only")
+    base_only = run_cli(ws, "generate", "-a", adapter_id, PROMPTS[1], "--max-new-tokens", "8", "--base-only")
     model, tokenizer = load_for_inference(trained["base"])
     expected = generate(model, tokenizer, [{"role": "user", "content": PROMPTS[1]}], max_new_tokens=8)
     assert base_only["answer"] == expected and base_only["base_only"] is True
-    system = _run(ws, "generate", "-a", adapter_id, PROMPTS[1], "--system", "Be brief.", "--max-new-tokens", "8")
+    system = run_cli(ws, "generate", "-a", adapter_id, PROMPTS[1], "--system", "Be brief.", "--max-new-tokens", "8")
     adapter = verified_adapter(open_workspace(ws), adapter_id)
     tuned, tuned_tokenizer = load_for_inference(adapter.base_path, adapter.adapter_path)
     briefed = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": PROMPTS[1]}]
@@ -148,7 +137,7 @@ UNKNOWN = "adp_0000000000000000"
 @pytest.mark.parametrize("command", [["adapter", "merge", UNKNOWN, "OUT"], ["generate", "-a", UNKNOWN, "hi"]])
 def test_unknown_adapter_is_a_usage_error(trained: dict[str, Any], tmp_path: Path, command: list[str]) -> None:
     args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
-    result = _invoke(trained["ws"], *args)
+    result = invoke_cli(trained["ws"], *args)
     assert result.exit_code == 2 and f"no adapter {UNKNOWN}" in result.stderr
     assert not (tmp_path / "out").exists()
 
@@ -163,5 +152,5 @@ def test_changed_base_model_is_refused(trained: dict[str, Any], tmp_path: Path) 
     with open_workspace(ws).catalog.write() as con:
         con.execute("UPDATE base_models SET path = ?", [str(base_copy)])
     (base_copy / "config.json").write_text((base_copy / "config.json").read_text() + " ")
-    result = _invoke(ws, "generate", "-a", trained["adapter_id"], "hi")
+    result = invoke_cli(ws, "generate", "-a", trained["adapter_id"], "hi")
     assert result.exit_code == 1 and "changed since" in result.stderr

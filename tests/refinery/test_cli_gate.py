@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from refinery.cli import app
+from tests.support.cli import invoke_cli, run_cli
 from tests.support.tiny_model import build_tiny_model, randomize_weights
 
 pytestmark = pytest.mark.slow
@@ -26,17 +25,6 @@ def _chat(user: str, assistant: str) -> str:
     return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
 
 
-def _invoke(ws: Path, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--workspace", str(ws), "--quiet", *args])
-
-
-def _run(ws: Path, *args: str) -> dict[str, Any]:
-    result = _invoke(ws, *args, "--json")
-    assert result.exit_code == 0, result.output + (result.stderr or "")
-    payload: dict[str, Any] = json.loads(result.stdout)
-    return payload
-
-
 @pytest.fixture(scope="module")
 def failed_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """ingest -> scan -> snapshot -> train (3 steps) -> eval on a set whose prompts are training prompts in capitals
@@ -46,17 +34,17 @@ def failed_eval(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     prompts = [f"{LABELS[i % 3]} case {i}" for i in range(40)]
     (root / "train.jsonl").write_text("".join(_chat(p, LABELS[i % 3]) + "\n" for i, p in enumerate(prompts)))
     ws = root / "ws"
-    _run(ws, "ingest", str(root / "train.jsonl"))
-    _run(ws, "scan", "--checks", "exact")
-    snap = _run(ws, "snapshot", "create")
+    run_cli(ws, "ingest", str(root / "train.jsonl"))
+    run_cli(ws, "scan", "--checks", "exact")
+    snap = run_cli(ws, "snapshot", "create")
     (root / "train.yaml").write_text("batch_size: 8\nlearning_rate: 0.02\n")
     args = ["--snapshot", snap["snapshot_id"], "--base-model", str(base), "--config", str(root / "train.yaml")]
-    adapter = _run(ws, "train", *args, "--max-steps", "3")
+    adapter = run_cli(ws, "train", *args, "--max-steps", "3")
     # registered after training: 12 of the training prompts, shouted (another record, the same normalised prompt)
     leaky = "".join(_chat(p.upper(), LABELS[i % 3]) + "\n" for i, p in enumerate(prompts[:12]))
     (root / "leaky.jsonl").write_text(leaky)
-    _run(ws, "ingest", str(root / "leaky.jsonl"), "--eval-set", "leaky")
-    evaluated = _invoke(ws, "eval", "--adapter", adapter["adapter_id"], "--eval-set", "leaky", "--json")
+    run_cli(ws, "ingest", str(root / "leaky.jsonl"), "--eval-set", "leaky")
+    evaluated = invoke_cli(ws, "eval", "--adapter", adapter["adapter_id"], "--eval-set", "leaky", "--json")
     assert evaluated.exit_code == 1, evaluated.output + (evaluated.stderr or "")
     return {"ws": ws, "base": base, "adapter_id": adapter["adapter_id"], "eval": json.loads(evaluated.stdout)}
 
@@ -80,12 +68,12 @@ def test_a_failed_eval_is_stored_with_its_reason(failed_eval: dict[str, Any]) ->
 
 def test_promote_refuses_the_adapter_and_names_the_failed_verdict(failed_eval: dict[str, Any]) -> None:
     ws, adapter_id, report = failed_eval["ws"], failed_eval["adapter_id"], failed_eval["eval"]
-    refused = _invoke(ws, "promote", adapter_id, "--json")
+    refused = invoke_cli(ws, "promote", adapter_id, "--json")
     assert refused.exit_code == 1 and refused.stdout == ""
     message = " ".join(refused.stderr.split())
     assert f"refused to promote {adapter_id}" in message and f"{report['eval_id']} failed the gate" in message
     assert " ".join(report["reason"].split()) in message and "--force --reason" in message
-    registry = _run(ws, "registry")
+    registry = run_cli(ws, "registry")
     assert registry["current"] is None
     (entry,) = [a for a in registry["adapters"] if a["adapter_id"] == adapter_id]
     assert entry["status"] == "failed"
@@ -105,7 +93,7 @@ def _tampered(path: Path) -> Iterator[None]:
 
 
 def _audit(ws: Path, *args: str) -> tuple[int, dict[str, Any]]:
-    result = _invoke(ws, "audit", *args, "--json")
+    result = invoke_cli(ws, "audit", *args, "--json")
     return result.exit_code, json.loads(result.stdout)
 
 

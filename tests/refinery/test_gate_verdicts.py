@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from eval.gate import GateThresholds
-from refinery.cli import app
+from tests.support.cli import invoke_cli, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -93,17 +92,6 @@ def _write(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-def _invoke(ws: Path, *args: str) -> Any:
-    return CliRunner().invoke(app, ["--workspace", str(ws), "--quiet", *args])
-
-
-def _run(ws: Path, *args: str) -> dict[str, Any]:
-    result = _invoke(ws, *args, "--json")
-    assert result.exit_code == 0, result.output + (result.stderr or "")
-    payload: dict[str, Any] = json.loads(result.stdout)
-    return payload
-
-
 def _general_tiny(source: Path, folder: Path) -> Path:
     """``source`` fully fine-tuned on the shipped rehearsal conversations: a tiny model that knows some English."""
     from training.config import TrainConfig
@@ -129,10 +117,10 @@ def setting(tmp_path_factory: pytest.TempPathFactory, trainable_tiny_dir: Path) 
     taken: set[str] = set()
     train, test = _prompts(rng, 150, taken), _prompts(rng, 30, taken)
     ws = root / "ws"
-    _run(ws, "ingest", str(_write(root / "train.jsonl", train)))
-    _run(ws, "ingest", str(_write(root / "test.jsonl", test)), "--eval-set", "colours")
-    _run(ws, "scan")
-    snap = _run(ws, "snapshot", "create")
+    run_cli(ws, "ingest", str(_write(root / "train.jsonl", train)))
+    run_cli(ws, "ingest", str(_write(root / "test.jsonl", test)), "--eval-set", "colours")
+    run_cli(ws, "scan")
+    snap = run_cli(ws, "snapshot", "create")
     return {"root": root, "ws": ws, "snapshot": snap["snapshot_id"], "base": base}
 
 
@@ -140,7 +128,7 @@ def _train(setting: dict[str, Any], name: str, config: str) -> str:
     path = setting["root"] / f"{name}.yaml"
     path.write_text(f"batch_size: 8\neval_every: 20\ncpu_threads: 1\n{config}")
     args = ["--snapshot", setting["snapshot"], "--base-model", str(setting["base"]), "--config", str(path)]
-    return str(_run(setting["ws"], "train", *args)["adapter_id"])
+    return str(run_cli(setting["ws"], "train", *args)["adapter_id"])
 
 
 def _eval(setting: dict[str, Any], adapter: str, code: int, limit: int | None = None, extra: str = "") -> Any:
@@ -150,7 +138,7 @@ def _eval(setting: dict[str, Any], adapter: str, code: int, limit: int | None = 
         f"cpu_threads: 1\ntask: {{kind: classification, labels: [{labels}]}}\ngeneral:\n  limit: 48\n{extra}"
     )
     args = ["eval", "--adapter", adapter, "--eval-set", "colours", "--config", str(path), "--json"]
-    result = _invoke(setting["ws"], *args, *(["--limit", str(limit)] if limit else []))
+    result = invoke_cli(setting["ws"], *args, *(["--limit", str(limit)] if limit else []))
     assert result.exit_code == code, result.output + (result.stderr or "")
     return json.loads(result.stdout)
 
@@ -178,7 +166,7 @@ def test_a_good_adapter_passes_for_the_right_reasons(setting: dict[str, Any], go
     # promotion is allowed on that verdict (in a copy: a promoted adapter joins later evals as the champion)
     copy = setting["root"] / "promoted-ws"
     shutil.copytree(setting["ws"], copy)
-    promoted = _invoke(copy, "promote", good_adapter, "--json")
+    promoted = invoke_cli(copy, "promote", good_adapter, "--json")
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.stdout)["adapter_id"] == good_adapter
 
