@@ -98,10 +98,10 @@ def run_demo(
     _done(t)
 
     t = _step(7, "eval gate: adapter vs zero-shot, few-shot and label ranking; the general-capability check")
-    # The demo's one departure from `refinery eval`'s defaults: the general-capability check scores the first 64 of
-    # the 256 shipped human references (about a minute on 2 CPU cores instead of four). The 5 test rows planted as
-    # copies of training rows are found and excluded before scoring (contamination: exclude); the report lists them.
-    overrides = {"contamination": "exclude", "general": {"limit": 64}}
+    # The demo's one departure from `refinery eval`'s defaults: the 5 test rows planted as copies of training rows
+    # are found and excluded before scoring (contamination: exclude) instead of failing the gate; the report lists
+    # them. Every default system runs, and the general-capability check scores all 256 shipped human references.
+    overrides = {"contamination": "exclude"}
     result = evaluate_adapter(ws, adapter["adapter_id"], "support-desk-test", eval_limit, overrides)
     print_table([{"system": k, **v} for k, v in result["systems"].items()], title="systems")
     keys = ("eval_id", "verdict", "metric", "adapter", "strongest_baseline", "ci_low", "ci_high", "p_value")
