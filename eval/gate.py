@@ -33,7 +33,7 @@ class GateThresholds(BaseModel):
         ge=0.0,
         description="Largest allowed relative rise of the adapter's mean token loss on the general set over the "
         "base model's (0.20 = +20%). Calibrated on SmolLM2-135M (docs/EVAL.md): adapters of the shipped recipe "
-        "rose 3-13%, damaging ones (no rehearsal, one-word answers, a 30x learning rate) 36-478%.",
+        "rose 3-13%, damaging ones (no rehearsal, one-word answers, 15x the recipe's learning rate) 36-478%.",
     )
 
 
