@@ -205,15 +205,9 @@ class JoinState:
         while len(left) and (cap is None or allowance < cap):
             if allowance > 1:
                 left, right = self.apart(left, right)
-            a, b = self.finder.roots(left), self.finder.roots(right)
-            group = np.minimum(a, b) * n + np.maximum(a, b)
+            group = _codes(self.finder.roots(left), self.finder.roots(right), n)
             order = np.argsort(group, kind="stable")  # stable: best estimate first within a group
-            first = np.ones(len(order), dtype=bool)
-            first[1:] = group[order[1:]] != group[order[:-1]]
-            position = np.arange(len(order))
-            rank = position - np.maximum.accumulate(np.where(first, position, 0))
-            now = np.zeros(len(order), dtype=bool)
-            now[order[rank < allowance]] = True
+            now = _first_per_group(group, order, allowance)
             yield left[now], right[now]
             left, right = left[~now], right[~now]
             allowance *= 2
@@ -249,7 +243,11 @@ def _best_per_cluster_pair(
     """Mask of the ``count`` best estimates among the candidates of each pair of clusters."""
     n = len(finder.parent)
     group = _codes(finder.roots(left), finder.roots(right), n)
-    order = np.lexsort((-estimate, group))
+    return _first_per_group(group, np.lexsort((-estimate, group)), count)
+
+
+def _first_per_group(group: np.ndarray, order: np.ndarray, count: int) -> np.ndarray:
+    """Mask of the first ``count`` rows of each group, rows taken in ``order`` (which sorts them by group)."""
     first = np.ones(len(order), dtype=bool)
     first[1:] = group[order[1:]] != group[order[:-1]]
     position = np.arange(len(order))
