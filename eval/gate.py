@@ -10,12 +10,13 @@ ci_low > 0 and p < alpha; an uncontaminated eval set; and no general-capability 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from eval.stats import is_binary, mcnemar_exact, paired_bootstrap_ci, sign_test
+from eval.stats import is_binary, mcnemar_exact, paired_bootstrap_ci, paired_test_log10_p, sign_test
 
 
 class GateThresholds(BaseModel):
@@ -46,6 +47,9 @@ class Comparison(BaseModel):
     ci_low: float
     ci_high: float
     p_value: float
+    p_log10: float | None = Field(
+        default=None, description="log10 of p_value, exact where p_value underflows to 0 (below ~1e-308)."
+    )
     test: str
     adapter_id: str | None = Field(default=None, description="For an adapter baseline (champion): its id.")
 
@@ -79,6 +83,9 @@ class GateVerdict(BaseModel):
     ci_high: float
     confidence: float
     p_value: float
+    p_log10: float | None = Field(
+        default=None, description="log10 of p_value, exact where p_value underflows to 0 (below ~1e-308)."
+    )
     test: str = Field(description="The paired test behind p_value: McNemar (0/1 scores) or sign test.")
     n_examples: int
     contaminated: bool
@@ -98,8 +105,15 @@ class GateVerdict(BaseModel):
         return self.verdict == "pass"
 
 
-def _fmt_p(p: float) -> str:
-    return f"{p:.2g}"
+def _fmt_p(p: float, p_log10: float | None = None) -> str:
+    """Two significant digits; from log10 p where the float underflowed (p=0 would claim certainty)."""
+    if p > 0.0 or p_log10 is None or p_log10 == float("-inf"):
+        return f"{p:.2g}"
+    exponent = math.floor(p_log10)
+    mantissa = 10 ** (p_log10 - exponent)
+    if round(mantissa, 1) >= 10.0:
+        mantissa, exponent = 1.0, exponent + 1
+    return f"{mantissa:.1f}e{exponent}"
 
 
 def _strongest(scores: Mapping[str, float]) -> str:
@@ -144,9 +158,10 @@ def decide(
     }
     best = comparisons[strongest]
     ci_low, ci_high, p_value, test, diff = best.ci_low, best.ci_high, best.p_value, best.test, best.diff
+    p_log10 = best.p_log10
 
     level = f"{thresholds.confidence:.0%}"
-    evidence = f"({level} CI {ci_low:.2f} to {ci_high:.2f}, {test} p={_fmt_p(p_value)}, n={n})"
+    evidence = f"({level} CI {ci_low:.2f} to {ci_high:.2f}, {test} p={_fmt_p(p_value, p_log10)}, n={n})"
     head = f"adapter {adapter_score:.2f} vs the strongest baseline {strongest} {baseline_scores[strongest]:.2f}"
     failures: list[str] = []
     if contaminated:
@@ -156,7 +171,7 @@ def decide(
     if not ci_low > 0.0:
         failures.append(f"the {level} CI of the difference reaches {ci_low:.2f}, not above 0")
     if not p_value < thresholds.alpha:
-        failures.append(f"{test} p={_fmt_p(p_value)} is not below alpha {thresholds.alpha:g}")
+        failures.append(f"{test} p={_fmt_p(p_value, p_log10)} is not below alpha {thresholds.alpha:g}")
     if regression is not None and regression.status == "fail":
         failures.append(f"general-capability regression: {regression.reason}")
 
@@ -186,6 +201,7 @@ def decide(
         ci_high=ci_high,
         confidence=thresholds.confidence,
         p_value=p_value,
+        p_log10=p_log10,
         test=test,
         n_examples=n,
         contaminated=contaminated,
@@ -213,6 +229,7 @@ def _compare(
         ci_low=ci.low,
         ci_high=ci.high,
         p_value=mcnemar_exact(adapter, baseline) if binary else sign_test(adapter, baseline),
+        p_log10=paired_test_log10_p(adapter, baseline),
         test="McNemar" if binary else "sign test",
         adapter_id=adapter_id,
     )

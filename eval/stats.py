@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from math import comb
+from math import comb, log10
 
 import numpy as np
 
@@ -86,21 +86,41 @@ def binomial_two_sided_half(successes: int, trials: int) -> float:
     return float(min(p, Fraction(1)))
 
 
+def binomial_two_sided_half_log10(successes: int, trials: int) -> float:
+    """log10 of :func:`binomial_two_sided_half`, exact in the far tail where the float p underflows to 0.
+
+    With 2,300 discordant pairs the p-value is about 1e-690, below the smallest double; its log stays finite.
+    """
+    if trials == 0:
+        return 0.0
+    k = min(successes, trials - successes)
+    tail = sum(comb(trials, i) for i in range(k + 1))
+    return min(0.0, log10(2 * tail) - trials * log10(2))
+
+
+def _discordant(a: Sequence[bool | float], b: Sequence[bool | float]) -> tuple[int, int]:
+    x, y = _as_paired_arrays(a, b)
+    return int((x > y).sum()), int((x < y).sum())
+
+
+def paired_test_log10_p(a: Sequence[bool | float], b: Sequence[bool | float]) -> float:
+    """log10 of the exact paired p-value (McNemar for 0/1 scores, the sign test otherwise: the same binomial)."""
+    wins, losses = _discordant(a, b)
+    return binomial_two_sided_half_log10(wins, wins + losses)
+
+
 def mcnemar_exact(a_correct: Sequence[bool | float], b_correct: Sequence[bool | float]) -> float:
     """Two-sided exact McNemar p-value: binomial test on the pairs where exactly one system is right."""
     x, y = _as_paired_arrays(a_correct, b_correct)
     if not (np.isin(x, (0.0, 1.0)).all() and np.isin(y, (0.0, 1.0)).all()):
         raise ValueError("McNemar's test needs binary (right/wrong) scores; use sign_test for graded ones")
-    only_a = int(((x == 1) & (y == 0)).sum())
-    only_b = int(((x == 0) & (y == 1)).sum())
+    only_a, only_b = _discordant(a_correct, b_correct)
     return binomial_two_sided_half(only_a, only_a + only_b)
 
 
 def sign_test(a: Sequence[bool | float], b: Sequence[bool | float]) -> float:
     """Two-sided exact sign test on paired scores (ties dropped); equals McNemar's for 0/1 scores."""
-    x, y = _as_paired_arrays(a, b)
-    wins = int((x > y).sum())
-    losses = int((x < y).sum())
+    wins, losses = _discordant(a, b)
     return binomial_two_sided_half(wins, wins + losses)
 
 

@@ -130,3 +130,17 @@ def test_graded_scores_compare_with_ci_and_sign_test() -> None:
     assert verdict.metric == "chrf" and verdict.test == "sign test"
     assert verdict.diff == pytest.approx(sum(adapter) / 30 - sum(baseline) / 30)
     assert verdict.verdict == "pass" and verdict.ci_low > 0
+
+
+def test_a_p_value_below_the_smallest_double_is_printed_from_its_log_not_as_zero() -> None:
+    # 2,300 discordant pairs all for the adapter: p = 2 / 2**2300 ~ 1.0e-692, which a float rounds to 0
+    n = 3000
+    adapter = _vec(2900, n)
+    baseline = [False] * 2300 + [True] * 600 + [False] * 100
+    verdict = decide(adapter, {"base_label_ranking": baseline})
+    assert verdict.verdict == "pass"
+    assert verdict.p_value == 0.0
+    assert verdict.p_log10 is not None and -693 < verdict.p_log10 < -691
+    assert "McNemar p=" in verdict.reason and "p=0," not in verdict.reason
+    assert "e-692" in verdict.reason or "e-693" in verdict.reason
+    assert verdict.comparisons["base_label_ranking"].p_log10 == verdict.p_log10

@@ -1,10 +1,19 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from eval.stats import mcnemar_exact, paired_bootstrap_ci, sign_test
+from eval.stats import (
+    binomial_two_sided_half,
+    binomial_two_sided_half_log10,
+    mcnemar_exact,
+    paired_bootstrap_ci,
+    paired_test_log10_p,
+    sign_test,
+)
 
 
 def _pairs(only_a: int, only_b: int, both: int, neither: int) -> tuple[list[bool], list[bool]]:
@@ -60,3 +69,23 @@ def test_bootstrap_ci_covers_the_true_difference() -> None:
         ci = paired_bootstrap_ci(a.tolist(), b.tolist(), n_resamples=1000, seed=t)
         covered += ci.low <= 0.1 <= ci.high
     assert covered / trials >= 0.85  # nominal 95%; loose bound keeps the test stable
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 1), (3, 10), (40, 100), (5, 60), (500, 1000)])
+def test_log10_p_matches_the_float_p_where_it_is_representable(k: int, n: int) -> None:
+    assert binomial_two_sided_half_log10(k, n) == pytest.approx(math.log10(binomial_two_sided_half(k, n)), abs=1e-9)
+
+
+def test_log10_p_stays_finite_where_the_float_p_underflows() -> None:
+    # banking77: the adapter alone right on ~2,300 pairs, ranking alone right on a handful
+    assert binomial_two_sided_half(2, 2302) == 0.0
+    lg = binomial_two_sided_half_log10(2, 2302)
+    # 2 * (1 + 2302 + C(2302, 2)) / 2**2302 = 2 * 2650754 / 2**2302
+    assert 1 + 2302 + math.comb(2302, 2) == 2650754
+    assert lg == pytest.approx(math.log10(2 * 2650754) - 2302 * math.log10(2), abs=1e-9)
+    assert -690 < lg < -686
+    adapter = [1.0] * 2300 + [0.0] * 2 + [1.0] * 10
+    baseline = [0.0] * 2300 + [1.0] * 2 + [1.0] * 10
+    assert mcnemar_exact(adapter, baseline) == 0.0
+    assert paired_test_log10_p(adapter, baseline) == pytest.approx(lg)
+    assert binomial_two_sided_half_log10(0, 0) == 0.0
