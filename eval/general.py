@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from eval.gate import RegressionCheck
 from eval.generation import Model, Tokenizer
 from eval.loss import reference_losses
+from schemas.conversations import Conversation, conversation_from_messages, jsonl_lines, packaged_bytes
 
 #: The shipped reference set and the SHA-256 of its bytes (checked on every load: a damaged file is an error).
 SHIPPED_SET = "general_reference.jsonl"
@@ -41,8 +40,6 @@ SHIPPED_SHA256 = "4372c0b3591e37ae41439487aec7ee22357a58664f0370b003a3e8f0ba253d
 #: Keys a line may carry its prompt and reference answer under, besides ``messages`` (last turn = the answer).
 PROMPT_KEYS = ("prompt", "instruction", "question")
 ANSWER_KEYS = ("response", "answer", "output", "reference")
-
-Conversation = list[dict[str, str]]
 
 
 class GeneralSetError(ValueError):
@@ -86,15 +83,8 @@ class GeneralSet:
 def _parse_line(line: dict[str, Any]) -> tuple[Conversation, str] | None:
     messages = line.get("messages")
     if isinstance(messages, list) and len(messages) >= 2:
-        turns = [m for m in messages if isinstance(m, dict)]
-        if (
-            len(turns) == len(messages)
-            and all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in turns)
-            and turns[-1]["role"] == "assistant"
-            and turns[-1]["content"].strip()
-        ):
-            return [{"role": m["role"], "content": m["content"]} for m in turns[:-1]], turns[-1]["content"]
-        return None
+        turns = conversation_from_messages(messages)
+        return None if turns is None else (turns[:-1], turns[-1]["content"])
     prompt = next((line[k] for k in PROMPT_KEYS if isinstance(line.get(k), str) and line[k].strip()), None)
     answer = next((line[k] for k in ANSWER_KEYS if isinstance(line.get(k), str) and line[k].strip()), None)
     if prompt is None or answer is None:
@@ -106,17 +96,7 @@ def parse_general_set(data: bytes, name: str, limit: int | None = None) -> Gener
     """The conversations and references of a general-set file's bytes (the first ``limit`` lines with content)."""
     conversations: list[Conversation] = []
     references: list[str] = []
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise GeneralSetError(f"general set {name} is not UTF-8 (byte {exc.start})") from None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise GeneralSetError(f"{name}:{number}: not JSON ({exc.msg})") from None
+    for number, line in jsonl_lines(data, name, GeneralSetError, "general set"):
         parsed = _parse_line(line) if isinstance(line, dict) else None
         if parsed is None:
             raise GeneralSetError(
@@ -135,14 +115,7 @@ def parse_general_set(data: bytes, name: str, limit: int | None = None) -> Gener
 
 def shipped_set_bytes() -> bytes:
     """The packaged reference set, verified against its recorded SHA-256."""
-    data = resources.files("eval").joinpath("data", SHIPPED_SET).read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != SHIPPED_SHA256:
-        raise GeneralSetError(
-            f"the packaged general reference set eval/data/{SHIPPED_SET} is damaged (sha256 {digest[:12]}..., "
-            f"expected {SHIPPED_SHA256[:12]}...); reinstall Refinery"
-        )
-    return data
+    return packaged_bytes("eval", SHIPPED_SET, SHIPPED_SHA256, GeneralSetError, "general reference set")
 
 
 def load_general_set(path: Path | str | None = None, limit: int | None = None) -> GeneralSet:

@@ -20,19 +20,17 @@ train mostly on general text (on the tiny test model the task was not learned at
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from schemas.conversations import Conversation, conversation_from_messages, jsonl_lines, packaged_bytes
 
 #: The packaged rehearsal set and the SHA-256 of its bytes (checked on load).
 SHIPPED_SET = "rehearsal.jsonl"
 SHIPPED_SHA256 = "0e4d9c015b9266c808f8a449f76fe05581dc0f356f900efcee249cab800ca15b"
-
-Conversation = list[dict[str, str]]
 
 
 class RehearsalSetError(ValueError):
@@ -55,35 +53,11 @@ class RehearsalMix:
         return asdict(self)
 
 
-def _conversation(line: Any) -> Conversation | None:
-    messages = line.get("messages") if isinstance(line, dict) else None
-    if not isinstance(messages, list) or len(messages) < 2:
-        return None
-    turns = []
-    for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            return None
-        turns.append({"role": m["role"], "content": m["content"]})
-    if turns[-1]["role"] != "assistant" or not turns[-1]["content"].strip():
-        return None
-    return turns
-
-
 def parse_rehearsal_set(data: bytes, name: str) -> list[Conversation]:
     """The conversations of a JSONL file (``{"messages": [...]}`` per line, ending with an assistant turn)."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RehearsalSetError(f"rehearsal set {name} is not UTF-8 (byte {exc.start})") from None
     conversations = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            line = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise RehearsalSetError(f"{name}:{number}: not JSON ({exc.msg})") from None
-        conversation = _conversation(line)
+    for number, line in jsonl_lines(data, name, RehearsalSetError, "rehearsal set"):
+        conversation = conversation_from_messages(line.get("messages") if isinstance(line, dict) else None)
         if conversation is None:
             raise RehearsalSetError(f'{name}:{number}: expected {{"messages": [...]}} ending with an assistant turn')
         conversations.append(conversation)
@@ -95,14 +69,9 @@ def parse_rehearsal_set(data: bytes, name: str) -> list[Conversation]:
 def load_rehearsal_set(path: Path | str | None = None) -> tuple[list[Conversation], str, str]:
     """(conversations, name, sha256) of the set at ``path``, or of the shipped set (verified) when None."""
     if path is None:
-        data = resources.files("training").joinpath("data", SHIPPED_SET).read_bytes()
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != SHIPPED_SHA256:
-            raise RehearsalSetError(
-                f"the packaged rehearsal set training/data/{SHIPPED_SET} is damaged (sha256 {digest[:12]}..., "
-                f"expected {SHIPPED_SHA256[:12]}...); reinstall Refinery"
-            )
+        data = packaged_bytes("training", SHIPPED_SET, SHIPPED_SHA256, RehearsalSetError, "rehearsal set")
         name = f"refinery:{SHIPPED_SET}"
+        digest = SHIPPED_SHA256
     else:
         file = Path(path).expanduser()
         if not file.is_file():
