@@ -9,7 +9,7 @@ STAMP := $(VENV)/.refinery-installed
 TORCH_VERSION := 2.13.0
 DEMO_WORKSPACE ?= demo-workspace
 
-.PHONY: install review-server system-deps demo test test-fast lint format bench clean help
+.PHONY: install review-server system-deps demo test test-fast reliability lint format bench clean help
 
 help:
 	@echo "make install   create .venv and install Refinery with the training, data, embedding, review and dev extras"
@@ -17,6 +17,7 @@ help:
 	@echo "make system-deps  install the Debian packages tests need (chromium, chromium-driver, redis-server)"
 	@echo "make test      run the whole test suite (slow and real-model tests included)"
 	@echo "make test-fast the suite without slow tests (no system packages, no root needed)"
+	@echo "make reliability  kill -9, tampering, full-disk and two-writer trials, as a table (~4 min; docs/RELIABILITY.md)"
 	@echo "make lint      ruff (lint + format check) and mypy"
 	@echo "make bench     run the benchmarks under benchmarks/"
 
@@ -74,6 +75,10 @@ test: $(STAMP) system-deps $(ARGILLA_STAMP)
 # no system packages needed: the tests that drive Chromium or start an Argilla server (Redis) are all marked slow
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
+
+# the full reliability suite (docs/RELIABILITY.md); its short subset runs with the tests (tests/reliability/)
+reliability: $(STAMP) $(ARGILLA_STAMP)
+	$(BIN)/python -m tests.reliability.suite --full
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

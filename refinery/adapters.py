@@ -50,12 +50,12 @@ def verified_adapter(ws: Workspace, adapter_id: str) -> VerifiedAdapter:
     if not found:
         raise UsageError(f"no adapter {adapter_id} in the catalog (train one with `refinery train`)")
     row = found[0]
-    folder = Path(row["path"])
+    folder = ws.artifact_path(row["path"])
     manifest = load_manifest(folder)  # every file hash checked
     base_rows = catalog.query("SELECT path, sha256 FROM base_models WHERE base_model_id = ?", [row["base_model_id"]])
     if not base_rows:
         raise CheckFailed(f"adapter {adapter_id}: its base model {row['base_model_id']} is not in the catalog")
-    base_path = Path(base_rows[0]["path"])
+    base_path = ws.artifact_path(base_rows[0]["path"])
     base_info: dict[str, Any] = manifest.config.get("base_model", {})
     trust = bool(base_info.get("trust_remote_code", False))
     try:

@@ -3,7 +3,8 @@
 Covered:
 - snapshots, adapters and eval runs: every file re-hashed against the artifact's manifest (files changed,
   missing or added), the manifest itself against the catalog's ``manifest_sha256`` (snapshots, adapters) and
-  the manifest's id against the catalog row;
+  the manifest's id against the catalog row; for eval runs, whose manifest hash the catalog does not keep, the
+  verdict in the manifest and in report.json against the catalog's;
 - base models: the folder exists; with ``deep`` the weight, config and tokenizer files are re-hashed against
   the catalog's ``sha256`` (seconds per GB, hence opt-in);
 - catalog rows pointing at nothing: members and source rows without their record, adapters without their
@@ -12,12 +13,16 @@ Covered:
 - artifact folders under snapshots/, adapters/ and evals/ that no catalog row names (orphaned). Staging
   folders a killed run left behind are reported as notes, not problems (the next run of that step removes them).
 
+Catalog paths are resolved against the workspace's root (``Workspace.artifact_path``), so a workspace that was
+moved, copied or restored from a backup audits the folders it holds, not those of the place it came from.
+
 Not covered: ingest batches (their rows live in the catalog, no batch files are stored; the source files'
 sha256 are in ``ingest_batches.files_json``), checkpoints and exports (working files, not catalog artifacts).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,20 +113,20 @@ def audit(ws: Workspace, deep: bool = False) -> AuditReport:
     with progress("audit: artifacts", total=total) as bar:
         for kind, found in rows.items():
             for row in found:
-                _check_artifact(report, kind, row)
+                _check_artifact(report, kind, row, ws.artifact_path(row["path"]))
                 bar.advance()
             report.checked[f"{kind}s"] = len(found)
-    _check_base_models(report, catalog, deep)
+    _check_base_models(report, ws, deep)
+    _check_eval_verdicts(report, ws, rows["eval"])
     _check_references(report, catalog)
-    known = {Path(r["path"]).resolve() for found in rows.values() for r in found}
+    known = {ws.artifact_path(r["path"]).resolve() for found in rows.values() for r in found}
     for folder in (ws.snapshots_dir, ws.adapters_dir, ws.evals_dir):
         _check_orphans(report, folder, known)
     return report
 
 
-def _check_artifact(report: AuditReport, kind: str, row: dict[str, Any]) -> None:
+def _check_artifact(report: AuditReport, kind: str, row: dict[str, Any], path: Path) -> None:
     name = f"{kind} {row['id']}"
-    path = Path(row["path"])
     if not path.is_dir():
         report.problems.append(Problem("missing", name, str(path), "artifact folder is missing"))
         return
@@ -146,12 +151,31 @@ def _check_artifact(report: AuditReport, kind: str, row: dict[str, Any]) -> None
         report.problems.append(Problem(kind_of_problem, name, str(path / rel), problem))
 
 
-def _check_base_models(report: AuditReport, catalog: Catalog, deep: bool) -> None:
-    models = catalog.query("SELECT base_model_id, path, sha256 FROM base_models")
+def _check_eval_verdicts(report: AuditReport, ws: Workspace, evals: list[dict[str, Any]]) -> None:
+    """The catalog keeps no hash of an eval's manifest: the verdict its manifest and report state must be the
+    catalog's (an edited verdict with a matching manifest hash, or an edited manifest, shows here)."""
+    verdicts = {r["eval_id"]: r["verdict"] for r in ws.catalog.query("SELECT eval_id, verdict FROM eval_runs")}
+    for row in evals:
+        path = ws.artifact_path(row["path"])
+        try:
+            stated = {
+                MANIFEST_NAME: load_manifest(path, verify=False).extra.get("verdict"),
+                "report.json": json.loads((path / "report.json").read_text(encoding="utf-8")).get("verdict"),
+            }
+        except (ManifestError, OSError, ValueError, AttributeError):
+            continue  # missing or unreadable: reported with the artifact's files
+        for file, verdict in stated.items():
+            if verdict != verdicts.get(row["id"]):
+                detail = f"{file} states the verdict {verdict!r}, the catalog {verdicts.get(row['id'])!r}"
+                report.problems.append(Problem("tampered", f"eval {row['id']}", str(path / file), detail))
+
+
+def _check_base_models(report: AuditReport, ws: Workspace, deep: bool) -> None:
+    models = ws.catalog.query("SELECT base_model_id, path, sha256 FROM base_models")
     report.checked["base_models"] = len(models)
     for model in models:
         name = f"base_model {model['base_model_id']}"
-        path = Path(model["path"])
+        path = ws.artifact_path(model["path"])
         if not path.is_dir():
             report.problems.append(Problem("missing", name, str(path), "model folder is missing"))
             continue

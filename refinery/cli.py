@@ -8,10 +8,6 @@ and neither imports this module, so there is no import cycle.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
-import json
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,32 +19,50 @@ from refinery.cli_adapter import register as register_adapter_commands
 from refinery.cli_audit import register as register_audit_commands
 from refinery.cli_context import (
     EXIT_FAILED,
+    RefineryGroup,
     choose_workspace,
     cli_errors,
+    create_workspace,
     current_workspace,
-    current_workspace_path,
     load_config,
+    quiet_progress,
 )
 from refinery.cli_quality import register as register_quality_commands
 from refinery.cli_registry import register as register_registry_commands
 from refinery.cli_report import register as register_report_commands
 from refinery.cli_review import register as register_review_commands
 from refinery.cli_snapshot import register as register_snapshot_commands
+from refinery.cli_sql import register as register_sql_commands
+from refinery.cli_workspace import register as register_workspace_commands
 from refinery.errors import CheckFailed, UsageError
-from refinery.output import JsonOpt, emit_json, print_facts, print_table, scan_table_rows, stdout
-from refinery.workspace import Workspace
+from refinery.output import JsonOpt, emit_json, print_facts, print_table, scan_table_rows, stdout, warn
 
 app = typer.Typer(
     name="refinery",
+    cls=RefineryGroup,
     help="Dataset curation and quality control for LLM fine-tuning.",
+    epilog="Every command takes --json and -q. Environment variables (workspace, progress, review server and "
+    "retries, embedding backend): docs/ENVIRONMENT_VARIABLES.md.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 schema_app = typer.Typer(
     help="The JSON Schemas of Refinery's records and manifests and of its config files.", no_args_is_help=True
 )
 app.add_typer(schema_app, name="schema")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as installed
+
+        try:
+            number = installed("refinery")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            number = "unknown (not installed)"
+        stdout.print(f"refinery {number}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
@@ -58,20 +72,19 @@ def _main(
         typer.Option(
             "--workspace",
             "-w",
-            help="Workspace folder (catalog + artifacts). Default: $REFINERY_WORKSPACE or ./refinery-workspace.",
+            help="Workspace folder (catalog + artifacts). Default: $REFINERY_WORKSPACE or ./refinery-workspace. "
+            "Only ingest and demo create it; the other commands refuse a folder without a catalog.",
         ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars (before or after the command name).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)
+    ] = False,
 ) -> None:
     choose_workspace(workspace)
-    if quiet:
-        os.environ["REFINERY_PROGRESS"] = "0"
-    if quiet or os.environ.get("REFINERY_PROGRESS", "1") in ("0", "false", "no") or not sys.stderr.isatty():
-        # Hugging Face's own bars (weight loading, GGUF conversion) and the Argilla SDK's tqdm bar ("Sending
-        # records...") would fill logs with carriage returns; set before those libraries are imported (they read
-        # these once: tqdm's TQDM_* overrides at import)
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("TQDM_DISABLE", "1")
+    quiet_progress(quiet)
 
 
 def _parse_mapping(pairs: list[str]) -> dict[str, str]:
@@ -108,12 +121,21 @@ def ingest(
         typer.Option("--eval-set", help="Register the rows as this named eval set, not training data."),
     ] = None,
     max_bad_ratio: Annotated[
-        float | None, typer.Option(help="Exit 1 (after storing everything) if more rows than this are bad.")
+        float | None,
+        typer.Option(
+            help="Exit 1 (after storing everything) when a larger share of the rows is quarantined "
+            "(default 0.5; 1 accepts any share).",
+            min=0.0,
+            max=1.0,
+        ),
     ] = None,
     max_field_chars: Annotated[int, typer.Option(help="Longer fields are quarantined.")] = 200_000,
     as_json: JsonOpt = False,
 ) -> None:
-    """Read instruction/response data into canonical records; bad rows go to quarantine with a reason."""
+    """Read instruction/response data into canonical records; bad rows go to quarantine with a reason.
+
+    Exit 1 (with everything stored) when no row was read, or when more than --max-bad-ratio of them were
+    quarantined."""
     with cli_errors():
         from curation.ingest.options import IngestOptions
         from curation.ingest.pipeline import ingest as run_ingest
@@ -124,26 +146,34 @@ def ingest(
             template=template,
             name=name,
             eval_set=eval_set,
-            max_bad_ratio=max_bad_ratio,
             max_field_chars=max_field_chars,
+            **({} if max_bad_ratio is None else {"max_bad_ratio": max_bad_ratio}),
         )
-        ws = current_workspace()
+        ws = create_workspace()
         result = run_ingest(ws.catalog, [p.resolve() for p in paths], options)
         payload = result.to_json()
         if as_json:
             emit_json(payload)
         else:
-            print_facts(payload, title="ingest")
-            if result.quarantined:
-                stdout.print(
-                    f"{result.quarantined} row(s) quarantined: "
-                    f"refinery sql \"SELECT file, line, reason FROM quarantine WHERE batch_id = '{result.batch_id}'\""
-                )
+            print_facts({k: v for k, v in payload.items() if k not in ("files", "warnings")}, title="ingest")
+            columns = ("path", "format", "rows_read", "ingested", "quarantined")
+            print_table([{c: f[c] for c in columns} for f in payload["files"]], title="files")
+        for warning in result.warnings:
+            warn(warning)
+        see = f"refinery sql \"SELECT file, line, reason FROM quarantine WHERE batch_id = '{result.batch_id}'\""
+        if result.rows_read == 0:
+            raise CheckFailed(
+                f"no rows read from {', '.join(f.path for f in result.files)}: nothing was ingested "
+                "(an empty file, or rows in another format than --format?)"
+            )
+        share = f"{result.quarantined:,} of {result.rows_read:,} rows ({result.quarantined / result.rows_read:.1%})"
         if result.too_many_bad:
             raise CheckFailed(
-                f"{result.quarantined} of {result.rows_read} rows were bad, above --max-bad-ratio {max_bad_ratio}"
-                " (everything was stored)"
+                f"{share} were quarantined, above --max-bad-ratio {options.max_bad_ratio:g}; batch "
+                f"{result.batch_id} is stored: see why with {see}, or rerun with a higher --max-bad-ratio to accept it"
             )
+        if result.quarantined:
+            warn(f"{share} were quarantined: see why with {see}")
 
 
 @app.command()
@@ -151,8 +181,8 @@ def scan(
     checks: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated checks (default: the cheap default set, see docs/CHECKS.md); e.g. "
-            "exact,near_dup,outlier,inconsistency,semantic_dup."
+            help="Comma-separated checks (default: the default set, embedding checks included, see docs/CHECKS.md); "
+            "e.g. exact,near_dup,outlier,inconsistency,semantic_dup,label_issue."
         ),
     ] = None,
     threshold: Annotated[
@@ -171,14 +201,14 @@ def scan(
         from curation.checks import DEFAULT_CHECKS, run_scan
 
         per_check: dict[str, dict[str, Any]] = load_config(config) if config else {}
-        if checks is None:  # the default set plus any check the config file configures
-            names = list(dict.fromkeys([*DEFAULT_CHECKS, *per_check]))
-        else:
-            names = [c.strip() for c in checks.split(",") if c.strip()]
+        # None: the default set plus any check the config file configures (run_scan leaves out, and says so, a
+        # default check whose optional extra is missing)
+        names = None if checks is None else [c.strip() for c in checks.split(",") if c.strip()]
         options = {"threshold": threshold, "scope": scope, "ngram": ngram, "num_perm": num_perm}
         given = {k: v for k, v in options.items() if v is not None}
         if given:
-            targets = [n for n in names if n.startswith("near_dup")]
+            listed = names if names is not None else [*DEFAULT_CHECKS, *per_check]
+            targets = [n for n in listed if n.startswith("near_dup")]
             if not targets:
                 raise UsageError(f"--{', --'.join(given).replace('_', '-')} only apply to near_dup checks")
             for name in targets:
@@ -256,41 +286,11 @@ def lineage(
         from refinery.lineage import render_lineage
 
         tree = build(current_workspace().catalog, identifier)
-        emit_json(tree) if as_json else stdout.print(render_lineage(tree))
-
-
-@app.command()
-def sql(
-    query: Annotated[str, typer.Argument(help="A read-only SQL query over the catalog.")],
-    as_json: JsonOpt = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV.")] = False,
-) -> None:
-    """Run a read-only query against the catalog (tables and views in docs/CATALOG.md)."""
-    with cli_errors():
-        import duckdb
-
-        ws = Workspace(current_workspace_path())
-        try:
-            rows = ws.catalog.query(query)
-        except duckdb.Error as exc:
-            raise UsageError(f"SQL error: {exc}") from exc
         if as_json:
-            sys.stdout.write(json.dumps(rows, default=_json_default, ensure_ascii=False) + "\n")
-        elif as_csv:
-            buffer = io.StringIO()
-            if rows:
-                writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
-            sys.stdout.write(buffer.getvalue())
-        else:
-            print_table(rows)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
+            emit_json(tree)
+            return
+        stdout.print(render_lineage(tree))
+        stdout.print(f"(scan configs, snapshot policies and hashes: refinery lineage {identifier} --json)", style="dim")
 
 
 @schema_app.command("export")
@@ -335,7 +335,7 @@ def demo(
     with cli_errors():
         from refinery.demo import run_demo
 
-        ws = current_workspace()
+        ws = create_workspace()
         with _console_to_stderr() if as_json else contextlib.nullcontext():
             verdict = run_demo(ws, n_train=n_train, max_steps=max_steps, eval_limit=eval_limit, base_model=base_model)
         if as_json:
@@ -353,8 +353,10 @@ register_report_commands(app)
 register_snapshot_commands(app)
 register_adapter_commands(app)
 register_audit_commands(app)
+register_workspace_commands(app)
 register_review_commands(app)
 register_quality_commands(app)
+register_sql_commands(app)
 
 
 def main() -> None:

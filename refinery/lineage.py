@@ -1,9 +1,13 @@
 """`refinery lineage ID`: the chain from an eval run or adapter back to source files and row numbers.
 
-adapter -> snapshot (counts, basis of its members, exclusions by reason, policy) -> review rounds (records per
-annotator and decision the snapshot relied on) + scan (checks, thresholds, flagged counts) + ingest batches ->
-source files with row ranges. A record shows its source rows, decisions, forget requests, the original it was
-edited from, and every snapshot and adapter holding it.
+eval run -> adapter + the eval set's own ingest batches (relation ``eval_set``) -> source files; adapter ->
+snapshot (counts, basis of its members, exclusions by reason, policy) -> review rounds (records per annotator and
+decision the snapshot relied on) + scan (checks, thresholds, flagged counts) + ingest batches -> source files with
+row ranges. A record shows its source rows, decisions, forget requests, the original it was edited from, and
+every snapshot and adapter holding it.
+
+:func:`render_lineage` draws the tree for the terminal with the key facts of each node (floats rounded, whole
+configs, the snapshot policy and hashes left out); ``refinery lineage ID --json`` prints everything.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 from typing import Any
 
 from eval.registry import EVENT_PREFIX as PROMOTION_PREFIX
+from schemas.artifact_paths import resolve_stored, workspace_root
 from schemas.catalog import Catalog
 from schemas.errors import InputError
 from schemas.ids import kind_of
@@ -50,6 +55,11 @@ def _one(catalog: Catalog, sql: str, params: list[Any], what: str) -> dict[str, 
 
 def _eval_node(catalog: Catalog, eval_id: str) -> dict[str, Any]:
     row = _one(catalog, "SELECT * FROM eval_runs WHERE eval_id = ?", [eval_id], "eval run")
+    eval_batches = catalog.query(
+        "SELECT parent_id FROM lineage_edges WHERE child_id = ? AND parent_kind = 'batch' AND relation = 'eval_set' "
+        "ORDER BY parent_id",
+        [eval_id],
+    )
     return {
         "kind": "eval",
         "id": eval_id,
@@ -61,7 +71,10 @@ def _eval_node(catalog: Catalog, eval_id: str) -> dict[str, Any]:
         "eval_set": row["eval_set"],
         "eval_set_hash": row["eval_set_hash"],
         "reason": row["reason"],
-        "parents": [_adapter_node(catalog, row["adapter_id"])],
+        "parents": [
+            _adapter_node(catalog, row["adapter_id"]),
+            *({**_batch_node(catalog, b["parent_id"]), "relation": "eval_set"} for b in eval_batches),
+        ],
     }
 
 
@@ -75,7 +88,7 @@ def _adapter_node(catalog: Catalog, adapter_id: str) -> dict[str, Any]:
     return {
         "kind": "adapter",
         "id": adapter_id,
-        "path": row["path"],
+        "path": str(resolve_stored(row["path"], workspace_root(catalog))),
         "train_loss": row["train_loss"],
         "val_loss": row["val_loss"],
         "base_model": {
@@ -139,7 +152,7 @@ def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
     return {
         "kind": "snapshot",
         "id": snapshot_id,
-        "path": row["path"],
+        "path": str(resolve_stored(row["path"], workspace_root(catalog))),
         "counts": {"train": row["train"], "validation": row["validation"], "test": row["test"]},
         "basis": {str(r["basis"]): r["n"] for r in basis},
         "excluded": {r["reason"]: r["n"] for r in excluded},
@@ -279,13 +292,13 @@ def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
 
 
 def render_lineage(node: dict[str, Any]) -> Any:
-    """A rich Tree of the lineage dict, for the terminal."""
+    """A rich Tree of the lineage dict for the terminal: each node's kind, id and key facts, in full."""
+    from rich.markup import escape
     from rich.tree import Tree
 
     def label(n: dict[str, Any]) -> str:
-        facts = {k: v for k, v in n.items() if k not in ("kind", "id", "parents") and v not in (None, [], {})}
-        text = ", ".join(f"{k}={_short(v)}" for k, v in facts.items())
-        return f"[bold]{n['kind']}[/bold] {n['id']}" + (f"  [dim]{text}[/dim]" if text else "")
+        text = ", ".join(f"{k}={v}" for k, v in _facts(n).items())
+        return f"[bold]{n['kind']}[/bold] {escape(str(n['id']))}" + (f"  [dim]{escape(text)}[/dim]" if text else "")
 
     def add(tree: Tree, n: dict[str, Any]) -> None:
         for parent in n.get("parents", []):
@@ -296,6 +309,80 @@ def render_lineage(node: dict[str, Any]) -> Any:
     return root
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str) if not isinstance(value, str) else value
-    return text if len(text) <= 120 else text[:117] + "..."
+#: Facts the tree leaves out (``--json`` has them): whole configs, the snapshot policy, hashes.
+_LEFT_OUT = frozenset({"kind", "id", "parents", "policy", "config", "eval_set_hash", "sha256"})
+
+
+def _facts(node: dict[str, Any]) -> dict[str, str]:
+    """The node's facts as short texts: numbers rounded, lists and mappings summarised by what they hold."""
+    shown: dict[str, str] = {}
+    for key, value in node.items():
+        if key in _LEFT_OUT or value in (None, "", [], {}):
+            continue
+        text = _SHOW[key](value) if key in _SHOW else _plain(value)
+        if text:
+            shown[key] = text
+    return shown
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if hasattr(value, "strftime") else str(value)
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, str):
+        return " ".join(value.split())
+    if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict | list):
+        return f"{len(value)} (see --json)"
+    return _num(value) if isinstance(value, int | float) else _when(value)
+
+
+def _checks(summary: dict[str, Any]) -> str:
+    """A scan's summary: the checks that flagged records (how many, at which threshold), those that flagged
+    none, and those that failed."""
+    flagged, clean, failed = [], [], []
+    for check, facts in summary.items():
+        if facts.get("error"):
+            failed.append(check)
+        elif facts.get("flagged"):
+            at = f" at {_num(facts['threshold'])}" if facts.get("threshold") is not None else ""
+            flagged.append(f"{check} {_num(facts['flagged'])}{at}")
+        else:
+            clean.append(check)
+    parts = [f"flagged: {', '.join(flagged)}"] if flagged else []
+    parts += [f"none flagged: {', '.join(clean)}"] if clean else []
+    parts += [f"failed: {', '.join(failed)}"] if failed else []
+    return "; ".join(parts)
+
+
+_SHOW: dict[str, Any] = {
+    "ci": lambda ci: f"{_num(ci[0])} to {_num(ci[1])}" if len(ci) == 2 and None not in ci else "",
+    "base_model": lambda b: b["id"] + (f" ({b['source']})" if b.get("source") else ""),
+    "verdicts": lambda vs: "; ".join(
+        f"{v['eval_id']} {v['verdict']} {v['metric']} {_num(v['adapter_score'])}" for v in vs
+    ),
+    "promotions": lambda ps: "; ".join(
+        f"{p['action']} {p['adapter_id']} by {p['actor']} {_when(p['created_at'])}" for p in ps
+    ),
+    "decisions": lambda ds: "; ".join(
+        f"{d['actor']} {d['decision']}"
+        + (f" {_num(d['records'])}" if "records" in d else "")
+        + (f" ({d['round_name']})" if d.get("round_name") else "")
+        for d in ds
+    ),
+    "forgotten": lambda fs: "; ".join(f"{f['forget_id']} by {f['actor']}: {_plain(f['reason'] or '')}" for f in fs),
+    "used_in": lambda us: "; ".join(
+        f"{u['snapshot_id']} {u['split']}" + (f" ({u['adapter_id']})" if u.get("adapter_id") else "") for u in us
+    ),
+    "summary": _checks,
+}

@@ -1,5 +1,8 @@
-"""How commands speak: exactly one JSON object on stdout with --json, tables otherwise; errors on stderr (the
-messages of ``refinery.cli_context.cli_errors``). Printing only: this module knows no error class."""
+"""How commands speak: exactly one JSON object on stdout with --json, tables otherwise; errors and warnings on
+stderr (the messages of ``refinery.cli_context.cli_errors``). Printing only: this module knows no error class.
+
+It remembers, for the command being run, whether --json was asked for and whether the JSON object was printed
+yet, so that ``cli_errors`` prints an error as that one object when the command failed before printing its own."""
 
 from __future__ import annotations
 
@@ -10,18 +13,55 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 stdout = Console()
 stderr = Console(stderr=True)
 
+_session: dict[str, bool] = {"json": False, "emitted": False}
+
+
+def start_session(as_json: bool) -> None:
+    """A command starts: ``as_json`` is whether its arguments hold --json (before they are parsed)."""
+    _session.update(json=as_json, emitted=False)
+
+
+def _json_given(value: bool) -> bool:
+    """The --json option's callback: once parsed, the option itself says whether JSON was asked for."""
+    _session["json"] = bool(value)
+    return value
+
+
+def json_requested() -> bool:
+    return _session["json"]
+
+
+def json_emitted() -> bool:
+    """Whether the command printed its JSON object already (an error then goes to stderr only)."""
+    return _session["emitted"]
+
+
 #: The --json option every command takes.
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout (logs go to stderr).")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help='Print one JSON object on stdout (logs go to stderr); an error is {"error", "exit_code"}.',
+        callback=_json_given,
+    ),
+]
 
 
 def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+    _session["emitted"] = True
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr (also under --json: stdout keeps its one JSON object)."""
+    stderr.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def print_table(rows: Sequence[dict[str, Any]], title: str | None = None, max_width: int = 80) -> None:

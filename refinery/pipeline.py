@@ -47,7 +47,7 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
     with catalog.write() as con:
         con.execute(
             "INSERT OR IGNORE INTO base_models VALUES (?, ?, ?, ?, ?)",
-            [base.model_id, base.source, str(base.path), base.sha256, utcnow()],
+            [base.model_id, base.source, ws.stored_path(base.path), base.sha256, utcnow()],
         )
     rehearsal_set = None
     if config.rehearsal.share > 0:  # checked before any training; its content is part of the adapter's identity
@@ -106,7 +106,7 @@ def train_adapter(ws: Workspace, snapshot_id: str, base_spec: str | None, overri
                 adapter_id,
                 snapshot_id,
                 base.model_id,
-                str(final),
+                ws.stored_path(final),
                 manifest_sha256(final),
                 canonical_json(manifest.config),
                 metrics.get("train_loss"),
@@ -167,9 +167,12 @@ def evaluate_adapter(
     if not found:
         raise UsageError(f"no adapter {adapter_id} in the catalog (train one with `refinery train`)")
     adapter = found[0]
-    load_manifest(Path(adapter["path"]))  # verified before use
-    adapter_path = Path(adapter["path"]) / ADAPTER_SUBDIR
-    base_path = Path(catalog.scalar("SELECT path FROM base_models WHERE base_model_id = ?", [adapter["base_model_id"]]))
+    adapter_folder = ws.artifact_path(adapter["path"])
+    load_manifest(adapter_folder)  # verified before use
+    adapter_path = adapter_folder / ADAPTER_SUBDIR
+    base_path = ws.artifact_path(
+        catalog.scalar("SELECT path FROM base_models WHERE base_model_id = ?", [adapter["base_model_id"]])
+    )
     snapshot = load_snapshot(catalog, adapter["snapshot_id"])
     train_rows = snapshot.read_split("train")
     set_name, rows = _eval_rows(ws, snapshot, eval_set)
@@ -306,8 +309,9 @@ def _champion(ws: Workspace, adapter: dict[str, Any]) -> tuple[Any, str | None]:
         return None, f"the promoted adapter {event.adapter_id} is not in the catalog"
     if found[0]["base_model_id"] != adapter["base_model_id"]:
         return None, f"the promoted adapter {event.adapter_id} adapts another base model"
-    load_manifest(Path(found[0]["path"]))
-    return Champion(adapter_id=event.adapter_id, path=str(Path(found[0]["path"]) / ADAPTER_SUBDIR)), None
+    folder = ws.artifact_path(found[0]["path"])
+    load_manifest(folder)
+    return Champion(adapter_id=event.adapter_id, path=str(folder / ADAPTER_SUBDIR)), None
 
 
 def _general_set(config: Any) -> Any:
@@ -358,7 +362,7 @@ def _register_eval(
                 payload["ci_high"],
                 payload["reason"],
                 canonical_json(payload["thresholds"]),
-                str(path),
+                ws.stored_path(path),
                 utcnow(),
             ],
         )

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.artifact_paths import resolve_stored, to_stored
 from schemas.catalog import CATALOG_NAME, Catalog
 
 DEFAULT_WORKSPACE = "refinery-workspace"
@@ -44,6 +45,15 @@ class Workspace:
     @property
     def exports_dir(self) -> Path:
         return self.root / "exports"
+
+    def stored_path(self, path: Path | str) -> str:
+        """What the catalog stores for an artifact folder: relative to the root (POSIX) when inside it, else
+        absolute (schemas/artifact_paths.py)."""
+        return to_stored(path, self.root)
+
+    def artifact_path(self, stored: str) -> Path:
+        """The absolute path of a catalog ``path`` value, resolved against this workspace's root."""
+        return resolve_stored(stored, self.root)
 
 
 def resolve_workspace_path(path: Path | str | None) -> Path:

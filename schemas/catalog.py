@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Any
 
 import duckdb
 
-from schemas.errors import Failure
+from schemas.errors import Failure, InputError
 
 CATALOG_NAME = "catalog.duckdb"
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -30,6 +32,37 @@ class CatalogError(Failure):
 
 class CatalogLockedError(CatalogError):
     """Another process holds the catalog's write lock."""
+
+
+class AnalystQueryError(InputError):
+    """Analyst SQL the catalog would not run: a syntax or binder error, a write, a file, network or extension
+    access, a locked setting (exit 2)."""
+
+
+class AnalystTimeoutError(AnalystQueryError):
+    """Analyst SQL ran past its time limit and was interrupted."""
+
+
+#: The DuckDB settings of an analyst's connection (:meth:`Catalog.analyst_read`): it reads the catalog and nothing
+#: else. No file or network reads or writes (``COPY``, ``EXPORT``/``IMPORT DATABASE``, ``ATTACH`` of another file,
+#: ``read_csv``, ``read_parquet``, ``read_json``, ``read_text``, ``glob``, http(s) and s3 URLs, persistent secrets,
+#: Python objects in scope), no extension installed or loaded, and the configuration locked, so that no ``SET``,
+#: ``RESET`` or ``PRAGMA`` turns any of it back on. They are given to ``duckdb.connect`` itself, so no statement
+#: runs without them. No scratch folder either: DuckDB would otherwise allow reads and writes of any file in it
+#: (``catalog.duckdb.tmp``), so a query that needs more than DuckDB's memory limit fails instead of spilling to disk.
+#: Temporary tables, views and macros stay possible (in memory, gone on close).
+ANALYST_SETTINGS: dict[str, bool | str] = {
+    "enable_external_access": False,
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "temp_directory": "",
+    "lock_configuration": True,
+}
+
+#: How many rows past an analyst query's limit :meth:`AnalystCursor.count_rest` counts before it stops and reports
+#: "more than" that many (counting means reading them: about 0.2 s per 100,000 rows of a few KB each).
+COUNT_CAP = 100_000
 
 
 def utcnow() -> datetime:
@@ -57,12 +90,13 @@ class Catalog:
         self.path = path
         self.lock_timeout = lock_timeout
 
-    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+    def _connect(self, read_only: bool, config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
+        waiting = False
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=read_only)
+                return duckdb.connect(str(self.path), read_only=read_only, config=config or {})
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower():
                     raise CatalogError(f"cannot open catalog {self.path}: {exc}") from exc
@@ -71,6 +105,15 @@ class Catalog:
                         f"catalog {self.path} is locked by another process for more than "
                         f"{self.lock_timeout:.0f}s: {exc}"
                     ) from exc
+                if not waiting:  # once per connection: say why nothing happens, instead of waiting in silence
+                    from schemas.progress import log
+
+                    holder = re.search(r"\(PID (\d+)\)", str(exc))
+                    log(
+                        "waiting for the catalog lock held by another process"
+                        f"{f' (pid {holder.group(1)})' if holder else ''} ... up to {self.lock_timeout:.0f}s"
+                    )
+                    waiting = True
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -130,6 +173,157 @@ class Catalog:
         with self.read() as con:
             row = con.execute(sql, params or []).fetchone()
             return None if row is None else row[0]
+
+    @contextlib.contextmanager
+    def analyst_read(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection for SQL typed by a person (``refinery sql``): the catalog's tables, views and
+        macros, and no file, network or extension access, with the configuration locked (:data:`ANALYST_SETTINGS`).
+        The product's own reads use :meth:`read`. While it is open, this process cannot open the catalog with
+        other settings (DuckDB shares one database instance per file and process)."""
+        if not self.path.exists():
+            raise CatalogError(f"no catalog at {self.path}: run `refinery ingest` first")
+        try:
+            con = self._connect(read_only=True, config=dict(ANALYST_SETTINGS))
+        except duckdb.ConnectionException as exc:  # the same file open in this process with other settings
+            raise CatalogError(f"cannot open catalog {self.path} for analyst SQL: {exc}") from exc
+        try:
+            names = list(ANALYST_SETTINGS)
+            found = dict(
+                con.execute(
+                    "SELECT name, lower(value) FROM duckdb_settings() WHERE list_contains(?, name)", [names]
+                ).fetchall()
+            )
+            wrong = [n for n in names if found.get(n) != str(ANALYST_SETTINGS[n]).lower()]
+            if wrong:  # a DuckDB that ignored a setting: refuse rather than run unlocked
+                raise CatalogError(f"DuckDB did not apply the analyst settings {wrong}: analyst SQL is disabled")
+            yield con
+        finally:
+            con.close()
+
+    @contextlib.contextmanager
+    def analyst_cursor(self, sql: str, timeout: float | None = None) -> Iterator[AnalystCursor]:
+        """Run analyst SQL on an :meth:`analyst_read` connection and hand over its result to read in batches.
+
+        Several statements run in order; the cursor holds the last one's rows. ``timeout`` (seconds; None or 0:
+        none) bounds the whole run, reading included: a timer interrupts DuckDB (DuckDB has no statement timeout)
+        and the run ends with :class:`AnalystTimeoutError`. Every DuckDB error, raised here or while the cursor is
+        read, becomes an :class:`AnalystQueryError` with DuckDB's message."""
+        with self.analyst_read() as con:
+            stopped = threading.Event()
+
+            def stop() -> None:
+                stopped.set()
+                con.interrupt()
+
+            timer = threading.Timer(timeout, stop) if timeout and timeout > 0 else None
+            if timer is not None:
+                timer.daemon = True
+                timer.start()
+            try:
+                if not con.extract_statements(sql):
+                    raise AnalystQueryError("no SQL statement in the query")
+                con.execute(sql)
+                yield AnalystCursor(con, stopped)
+            except duckdb.Error as exc:
+                raise _analyst_error(exc, timeout if stopped.is_set() else None) from exc
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    def analyst_query(self, sql: str, limit: int | None = None, timeout: float | None = None) -> AnalystResult:
+        """Analyst SQL's first ``limit`` rows (None: all) and how many more there are (counted up to
+        :data:`COUNT_CAP`); see :meth:`analyst_cursor`."""
+        with self.analyst_cursor(sql, timeout=timeout) as cursor:
+            if limit is None:
+                return AnalystResult(cursor.columns, cursor.fetch_all(), 0, True)
+            rows = cursor.fetch(limit)
+            more, exact = cursor.count_rest()
+            return AnalystResult(cursor.columns, rows, more, exact)
+
+
+class AnalystCursor:
+    """The result of analyst SQL, read in batches while its connection is open. ``columns`` are the result's
+    names made unique (a second ``id`` becomes ``id_1``), so rows can be objects; empty for a statement without
+    a result."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, stopped: threading.Event | None = None) -> None:
+        self._con = con
+        self._stopped = stopped or threading.Event()  # set when the time limit interrupted the connection
+        self.columns = unique_names([str(d[0]) for d in con.description or []])
+
+    def fetch(self, n: int) -> list[tuple[Any, ...]]:
+        """Up to ``n`` more rows (fewer at the end)."""
+        if not self.columns or n <= 0:
+            return []
+        return [tuple(row) for row in self._con.fetchmany(n)]
+
+    def batches(self, size: int = 1000, limit: int | None = None) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows left, ``size`` at a time, at most ``limit`` of them (None: all)."""
+        left = limit
+        while left is None or left > 0:
+            batch = self.fetch(size if left is None else min(size, left))
+            if not batch:
+                return
+            if left is not None:
+                left -= len(batch)
+            yield batch
+
+    def fetch_all(self) -> list[tuple[Any, ...]]:
+        return [row for batch in self.batches(10_000) for row in batch]
+
+    def count_rest(self, cap: int = COUNT_CAP) -> tuple[int, bool]:
+        """Read the rows left without keeping them: (their number, True), or (N, False) when there are more than N:
+        counting stops after ``cap`` rows, or when the time limit interrupts it (the rows already read stand)."""
+        counted = 0
+        while counted <= cap:
+            try:
+                batch = self.fetch(min(10_000, cap + 1 - counted))
+            except duckdb.InterruptException:
+                if not self._stopped.is_set():
+                    raise
+                return counted, False
+            if not batch:
+                return counted, True
+            counted += len(batch)
+        return cap, False
+
+
+@dataclass(frozen=True)
+class AnalystResult:
+    """Analyst SQL's rows up to a limit. ``more``: rows past the limit (not kept); ``more_exact`` False means
+    there are more than ``more`` of them (counting stopped at :data:`COUNT_CAP`)."""
+
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    more: int
+    more_exact: bool
+
+
+def unique_names(names: Sequence[str]) -> list[str]:
+    """Column names with repeats renamed ``name_1``, ``name_2``, ... (skipping names already taken)."""
+    taken: set[str] = set()
+    result = []
+    for name in names:
+        candidate, n = name, 0
+        while candidate in taken:
+            n += 1
+            candidate = f"{name}_{n}"
+        taken.add(candidate)
+        result.append(candidate)
+    return result
+
+
+def _analyst_error(exc: duckdb.Error, timed_out_after: float | None) -> AnalystQueryError:
+    """One line for what went wrong, with DuckDB's own message."""
+    message = " ".join(str(exc).split())
+    if timed_out_after is not None and isinstance(exc, duckdb.InterruptException):
+        return AnalystTimeoutError(f"the query ran past its time limit of {timed_out_after:g} s and was stopped")
+    if isinstance(exc, duckdb.PermissionException):
+        what = "extensions are" if "extension" in message.lower() else "file access is"
+        return AnalystQueryError(f"{what} disabled for analyst SQL: {message}")
+    if "configuration has been locked" in message:
+        return AnalystQueryError(f"settings are locked for analyst SQL: {message}")
+    return AnalystQueryError(f"SQL error: {message}")
 
 
 def add_lineage_edge(

@@ -1,7 +1,8 @@
 """One progress-bar helper for every package: rich bars on stderr, silent when asked.
 
 Library code reports progress through :func:`progress`; it never prints. Set ``REFINERY_PROGRESS=0`` to
-silence bars (tests, scripts); logs and bars always go to stderr so ``--json`` output stays clean.
+silence bars (tests, scripts); logs and bars always go to stderr so ``--json`` output stays clean. A bar counts
+items, or bytes with ``unit="bytes"`` (shown as kB, MB, GB).
 """
 
 from __future__ import annotations
@@ -10,20 +11,33 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Literal, Protocol
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
+    DownloadColumn,
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 
 _console = Console(stderr=True)
+
+#: What a bar counts: items (None) or bytes.
+Unit = Literal["bytes"] | None
+
+
+def format_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MB"`` (decimal units, as rich's download column)."""
+    for name, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {name}"
+    return f"{n:.0f} B"
 
 
 class Ticker(Protocol):
@@ -63,9 +77,10 @@ class _RichTicker:
 class _LineTicker:
     """For logs and CI (stderr is not a terminal): one plain line at most every ``every`` seconds."""
 
-    def __init__(self, description: str, total: float | None, every: float = 10.0) -> None:
+    def __init__(self, description: str, total: float | None, unit: Unit = None, every: float = 10.0) -> None:
         self._description = description
         self._total = total
+        self._unit = unit
         self._done = 0.0
         self._every = every
         self._started = time.monotonic()
@@ -86,8 +101,12 @@ class _LineTicker:
 
     def emit(self, final: bool = False) -> None:
         elapsed = time.monotonic() - self._started
-        done = f"{self._done:g}" + (f"/{self._total:g}" if self._total else "")
-        rate = f", {self._done / elapsed:.3g}/s" if elapsed > 0 and self._done else ""
+        if self._unit == "bytes":
+            done = format_bytes(self._done) + (f" of {format_bytes(self._total)}" if self._total else "")
+            rate = f", {format_bytes(self._done / elapsed)}/s" if elapsed > 0 and self._done else ""
+        else:
+            done = f"{self._done:g}" + (f"/{self._total:g}" if self._total else "")
+            rate = f", {self._done / elapsed:.3g}/s" if elapsed > 0 and self._done else ""
         state = "done" if final else "..."
         _console.print(f"{self._description}: {done} in {elapsed:.0f}s{rate} {state}", highlight=False, soft_wrap=True)
 
@@ -97,21 +116,23 @@ def progress_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def progress(description: str, total: float | None = None) -> Iterator[Ticker]:
-    """A progress bar on stderr: ``with progress("ingest", total=n) as bar: bar.advance()``."""
+def progress(description: str, total: float | None = None, unit: Unit = None) -> Iterator[Ticker]:
+    """A progress bar on stderr: ``with progress("ingest", total=n) as bar: bar.advance()``; ``unit="bytes"``
+    shows the counts as sizes (``3.1 MB of 12.0 MB``) and the rate per second."""
     if not progress_enabled():
         yield _NullTicker()
         return
     if not _console.is_terminal:
-        ticker = _LineTicker(description, total)
+        ticker = _LineTicker(description, total, unit)
         yield ticker
         ticker.emit(final=True)
         return
+    counts = [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
     bar = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        *counts,
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=_console,

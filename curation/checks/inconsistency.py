@@ -13,6 +13,7 @@ from curation.checks.neighbours import (
     EMBEDDING_NEEDS,
     EmbeddingCheckConfig,
     field_vectors,
+    label_of,
     last_paragraph,
     neighbours,
     tail_similarities,
@@ -36,16 +37,6 @@ class InconsistencyConfig(EmbeddingCheckConfig):
     max_label_words: int = Field(
         4, ge=1, description="Without a record label, a single-line response of at most this many words is a label."
     )
-
-
-def label_of(record: ScanRecord, max_words: int) -> str | None:
-    """The record's label, else its response when that is a short single line (classification-style data)."""
-    if record.label is not None and record.label.strip():
-        return record.label.strip()
-    response = record.response.strip()
-    if response and "\n" not in response and len(response.split()) <= max_words:
-        return dedup_key(response)
-    return None
 
 
 def _candidate_pairs(
@@ -174,6 +165,7 @@ SPEC = CheckSpec(
     check_inconsistency,
     higher_score="the prompts match more closely and the answers disagree more (prompt cosine x disagreement)",
     config=InconsistencyConfig,
+    default=True,
     blocks_snapshot=True,
     guide="similar prompt, conflicting answer compared with the other record. Keep the correct one, edit "
     "or reject the other.",

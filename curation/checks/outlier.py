@@ -111,5 +111,6 @@ SPEC = CheckSpec(
     check_outlier,
     higher_score="further from its nearest neighbours than the rest of its label (robust z, 0.5 at the threshold)",
     config=OutlierConfig,
+    default=True,
     needs=EMBEDDING_NEEDS,
 )

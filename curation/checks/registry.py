@@ -19,6 +19,7 @@ from curation.checks import (
     exact,
     exact_prompt,
     inconsistency,
+    label_issue,
     length,
     near_dup,
     near_dup_eval,
@@ -47,10 +48,12 @@ SPECS: tuple[CheckSpec, ...] = (
     outlier.SPEC,
     inconsistency.SPEC,
     semantic_dup.SPEC,
+    label_issue.SPEC,
 )
 #: name -> spec: what `refinery scan` can run.
 CHECKS: dict[str, CheckSpec] = {spec.name: spec for spec in SPECS}
-#: What a scan that names no checks runs: the cheap ones (no embedding model).
+#: What a scan that names no checks runs: the duplicate, heuristic, PII and contamination checks and the embedding
+#: checks (the embedding ones only where the ``embed`` extra is installed: :func:`default_checks`).
 DEFAULT_CHECKS: tuple[str, ...] = tuple(spec.name for spec in SPECS if spec.default)
 #: Checks whose flag holds a record out of a snapshot until a human approves it.
 BLOCKING_CHECKS: tuple[str, ...] = tuple(spec.name for spec in SPECS if spec.blocks_snapshot)
@@ -66,6 +69,21 @@ def guide(check: str) -> str:
     """What a flag of ``check`` means for an annotator (the review guidelines)."""
     spec = CHECKS.get(check)
     return (spec.guide if spec is not None else None) or GENERIC_GUIDE
+
+
+def default_checks(config: dict[str, dict[str, Any]] | None = None) -> tuple[list[str], dict[str, str]]:
+    """What a scan that names no checks runs: :data:`DEFAULT_CHECKS` plus the checks ``config`` configures, and the
+    default checks left out -> why (their optional dependency cannot be imported: the embedding checks without the
+    ``embed`` extra). A check named in ``config`` is never left out: it fails in :func:`resolve_checks` instead."""
+    left_out: dict[str, str] = {}
+    for name in DEFAULT_CHECKS:
+        spec = CHECKS[name]
+        missing = spec.needs.missing()
+        if missing and name not in (config or {}):
+            install = f": pip install 'refinery[{spec.needs.extra}]'" if spec.needs.extra else ""
+            left_out[name] = f"not run: needs {', '.join(missing)}, which cannot be imported{install}"
+    names = [name for name in dict.fromkeys([*DEFAULT_CHECKS, *(config or {})]) if name not in left_out]
+    return names, left_out
 
 
 def check_configs() -> dict[str, type[BaseModel]]:

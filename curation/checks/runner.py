@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
+from rich.markup import escape
 
-from curation.checks.registry import CHECKS, DEFAULT_CHECKS, resolve_checks
+from curation.checks.registry import CHECKS, default_checks, resolve_checks
 from curation.checks.spec import CheckContext, CheckOutput, ContractError, ScanError, ScanRecord
 from curation.checks.store import delete_scan_rows, store_check
 from curation.embeddings.model import model_id
@@ -28,6 +29,7 @@ from curation.similarity.eval_match import eval_items_hash
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
+from schemas.locks import step_lock
 from schemas.progress import log, progress
 
 
@@ -110,9 +112,28 @@ def enforce_contract(name: str, records: Sequence[ScanRecord], output: CheckOutp
 
 
 def run_scan(
-    catalog: Catalog, checks: Sequence[str] = DEFAULT_CHECKS, config: dict[str, dict[str, Any]] | None = None
+    catalog: Catalog, checks: Sequence[str] | None = None, config: dict[str, dict[str, Any]] | None = None
 ) -> ScanResult:
-    """Run ``checks`` (with per-check ``config``, e.g. ``{"near_dup": {"threshold": 0.8}}``) over the records."""
+    """Run ``checks`` (with per-check ``config``, e.g. ``{"near_dup": {"threshold": 0.8}}``) over the records.
+
+    ``checks=None`` is the default set (:func:`~curation.checks.registry.default_checks`): the default checks plus
+    those ``config`` configures. A default check whose optional extra is missing (the embedding checks without
+    ``refinery[embed]``) is left out of it with one logged line and a ``skipped`` entry in the scan summary; a check
+    named in ``checks`` fails the scan instead (:func:`~curation.checks.registry.resolve_checks`).
+
+    One scan at a time per catalog: a second process waits (and says so) until the first is done, then reuses
+    its result when it is the same scan.
+    """
+    with step_lock(catalog.path, "scan"):
+        return _run_scan(catalog, checks, config)
+
+
+def _run_scan(catalog: Catalog, checks: Sequence[str] | None, config: dict[str, dict[str, Any]] | None) -> ScanResult:
+    left_out: dict[str, str] = {}
+    if checks is None:
+        checks, left_out = default_checks(config)
+        if left_out:
+            log(f"[yellow]scan: {', '.join(left_out)} left out[/yellow] ({escape(next(iter(left_out.values())))})")
     resolved = resolve_checks(checks, config)
     names = sorted(resolved)
     started = time.monotonic()
@@ -132,7 +153,7 @@ def run_scan(
             "INSERT INTO scans (scan_id, status, config_json, records, started_at) VALUES (?, 'running', ?, ?, ?)",
             [scan_id, canonical_json(config_of_scan), len(records), utcnow()],
         )
-    summary: dict[str, dict[str, Any]] = {}
+    summary: dict[str, dict[str, Any]] = {name: {"skipped": why} for name, why in left_out.items()}
     with progress("scan", total=len(names)) as bar:
         for name in names:
             bar.set_description(f"scan: {name}")

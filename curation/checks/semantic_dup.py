@@ -133,6 +133,7 @@ SPEC = CheckSpec(
     check_semantic_dup,
     higher_score="a closer paraphrase of another record (the smaller of prompt and response cosine)",
     config=SemanticDupConfig,
+    default=True,
     groups_splits=True,
     needs=EMBEDDING_NEEDS,
 )

@@ -214,6 +214,8 @@ def embed_texts(
         for lo in range(0, len(todo), WRITE_CHUNK):
             chunk = todo[lo : lo + WRITE_CHUNK]
             vectors = encoder.encode([texts[i] for i in chunk])
+            if cache is not None:  # as the cache gives them back (float16, normalised): a rerun scores alike
+                vectors = normalize_rows(np.asarray(vectors, dtype=np.float16).astype(np.float32))
             out[chunk] = vectors
             if cache is not None:
                 cache.append([keys[i] for i in chunk], vectors)

@@ -27,6 +27,8 @@ FORMATS = ("auto", *SHAPE_FORMATS, *CONTAINER_FORMATS)
 MAPPING_ROLES = ("system", "user", "assistant", "label", "metadata", "ignore")
 
 DEFAULT_MAX_FIELD_CHARS = 200_000
+#: Above this share of quarantined rows a batch is still stored, but the result says too_many_bad (the CLI exits 1).
+DEFAULT_MAX_BAD_RATIO = 0.5
 
 
 def _help(text: str) -> dict[str, str]:
@@ -68,10 +70,10 @@ class IngestOptions:
         metadata=_help("A text field longer than this many characters sends its row to quarantine."),
     )
     max_bad_ratio: float | None = field(
-        default=None,
+        default=DEFAULT_MAX_BAD_RATIO,
         metadata=_help(
             "When quarantined / rows read exceeds this ratio the batch is still stored, but the result says "
-            "too_many_bad (the CLI exits 1)."
+            "too_many_bad (the CLI exits 1). 1 (or None) accepts any share."
         ),
     )
 

@@ -72,6 +72,9 @@ class IngestResult(BaseModel):
     too_many_bad: bool = Field(description="quarantined / rows_read exceeded max_bad_ratio.")
     files: list[FileReport]
     already_ingested: bool = Field(default=False, description="The same batch was complete: nothing added.")
+    warnings: list[str] = Field(
+        default_factory=list, description="A file that held no rows, or whose every row was quarantined."
+    )
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -157,20 +160,25 @@ def ingest(catalog: Catalog, paths: list[Path], options: IngestOptions) -> Inges
     complete = store.begin(batch, [r.model_dump() for r in reports])
     if complete is not None:
         return _result(complete, options, time.perf_counter() - started, already=True)
-    with progress(f"ingest {name}", total=sum(p.size for p in plans)) as bar:
+    rows = 0
+    # the bar counts bytes (the files' sizes are known up front); its description counts the rows read so far
+    with progress(f"ingest {name}", total=sum(p.size for p in plans), unit="bytes") as bar:
         for plan, report in zip(plans, reports, strict=True):
             position = ReadPosition()
             chunk = Chunk(plan.label, plan.format)
             reported = 0
-            for n, unit in enumerate(units_of(plan, options, template, position), start=1):
+            for unit in units_of(plan, options, template, position):
                 _add(chunk, unit, batch_id, report)
+                rows += 1
                 if chunk.units >= CHUNK_UNITS:
                     store.write_chunk(chunk)
                     chunk = Chunk(plan.label, plan.format)
-                if n % _PROGRESS_EVERY == 0:
+                if rows % _PROGRESS_EVERY == 0:
+                    bar.set_description(f"ingest {name} ({rows:,} rows)")
                     bar.advance(position.offset - reported)
                     reported = position.offset
             store.write_chunk(chunk)
+            bar.set_description(f"ingest {name} ({rows:,} rows)")
             bar.advance(plan.size - reported)
     final = store.finish(
         sum(r.rows_read for r in reports),
@@ -204,6 +212,7 @@ def _result(row: dict[str, Any], options: IngestOptions, seconds: float, already
     """The batch as the catalog holds it (the same answer for a fresh run and a repeated one)."""
     rows_read, quarantined = int(row["rows_read"]), int(row["quarantined"])
     ratio = options.max_bad_ratio
+    files = [FileReport(**f) for f in stored_files(row)]
     return IngestResult(
         batch_id=row["batch_id"],
         name=row["name"],
@@ -216,6 +225,16 @@ def _result(row: dict[str, Any], options: IngestOptions, seconds: float, already
         source_rows=int(row["source_rows"]),
         seconds=round(seconds, 3),
         too_many_bad=ratio is not None and rows_read > 0 and quarantined / rows_read > ratio,
-        files=[FileReport(**f) for f in stored_files(row)],
+        files=files,
         already_ingested=already,
+        warnings=[w for f in files if (w := _file_warning(f))],
     )
+
+
+def _file_warning(report: FileReport) -> str:
+    """What is worth a warning about one file even when the batch as a whole is fine ('' if nothing)."""
+    if report.rows_read == 0:
+        return f"{report.path}: no rows (read as {report.format})"
+    if report.quarantined == report.rows_read:
+        return f"{report.path}: all {report.rows_read:,} rows were quarantined"
+    return ""

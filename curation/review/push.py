@@ -25,6 +25,8 @@ from schemas.ids import canonical_json
 from schemas.progress import log, progress
 
 DECISIONS = ("approve", "reject", "edit")
+#: The check whose flag comes with a suggested label (its findings' ``details.suggested_label``).
+LABEL_CHECK = "label_issue"
 POLICIES = ("majority", "unanimous", "escalate")
 DEFAULT_WORKSPACE = "refinery"
 
@@ -39,6 +41,8 @@ class ReviewItem:
     other_record_id: str | None = None
     other_prompt: str | None = None
     other_response: str | None = None
+    suggested_label: str | None = None  # label_issue: the label the record's neighbourhood carries
+    response_is_label: bool = False  # label_issue: the response is the label (so an edit to it relabels)
 
     @property
     def top_check(self) -> str:
@@ -80,7 +84,7 @@ def select_items(
         params += list(checks)
     rows = catalog.query(
         f"""
-        SELECT f.record_id, f.check_name, f.score, f.reason, r.prompt, r.response
+        SELECT f.record_id, f.check_name, f.score, f.reason, r.prompt, r.response, f.details_json
         FROM findings f JOIN records r USING (record_id)
         WHERE f.scan_id = ? AND f.flagged {check_filter}
           AND f.record_id NOT IN (SELECT record_id FROM record_decisions)
@@ -93,11 +97,18 @@ def select_items(
         item = items.setdefault(row["record_id"], ReviewItem(row["record_id"], row["prompt"], row["response"], {}, {}))
         item.scores[row["check_name"]] = float(row["score"])
         item.reasons[row["check_name"]] = row["reason"]
+        if row["check_name"] == LABEL_CHECK and row["details_json"]:
+            _set_suggestion(item, json.loads(row["details_json"]))
     ordered = sorted(items.values(), key=lambda i: (-max(i.scores.values()), i.record_id))
     if limit is not None:
         ordered = ordered[:limit]
     _attach_others(catalog, scan_id, ordered)
     return ordered
+
+
+def _set_suggestion(item: ReviewItem, details: dict[str, Any]) -> None:
+    item.suggested_label = details.get("suggested_label")
+    item.response_is_label = bool(details.get("response_is_label"))
 
 
 def _attach_others(catalog: Catalog, scan_id: str, items: list[ReviewItem]) -> None:
@@ -129,11 +140,12 @@ def _attach_others(catalog: Catalog, scan_id: str, items: list[ReviewItem]) -> N
             other.setdefault(row["rid"], row["other"])
     if not other:
         return
+    wanted = sorted(set(other.values()))  # two items can name the same other record
     texts = {
         r["record_id"]: r
         for r in catalog.query(
-            f"SELECT record_id, prompt, response FROM records WHERE record_id IN ({', '.join('?' for _ in other)})",
-            list(set(other.values())),
+            f"SELECT record_id, prompt, response FROM records WHERE record_id IN ({', '.join('?' for _ in wanted)})",
+            wanted,
         )
     }
     for item in items:
@@ -214,10 +226,27 @@ def argilla_record(item: ReviewItem, vector: Sequence[float] | None = None) -> A
         fields["other_response"] = item.other_response or "(no response)"
     metadata: dict[str, Any] = {"checks": sorted(item.scores)}
     metadata.update({metadata_name(c): s for c, s in item.scores.items()})
-    top = item.top_check
-    suggestion = rg.Suggestion(question_name="decision", value="reject", score=item.scores[top], agent=top)
     vectors = {"prompt_embedding": [float(v) for v in vector]} if vector is not None else {}
-    return rg.Record(id=item.record_id, fields=fields, metadata=metadata, suggestions=[suggestion], vectors=vectors)
+    return rg.Record(
+        id=item.record_id, fields=fields, metadata=metadata, suggestions=suggestions(item), vectors=vectors
+    )
+
+
+def suggestions(item: ReviewItem) -> list[Any]:
+    """What Argilla pre-fills: 'reject' from the worst check; for a label issue whose response is the label,
+    'edit' with the suggested label as the corrected response (accepting it relabels the record)."""
+    import argilla as rg
+
+    if item.suggested_label and item.response_is_label and LABEL_CHECK in item.scores:
+        score = item.scores[LABEL_CHECK]
+        return [
+            rg.Suggestion(question_name="decision", value="edit", score=score, agent=LABEL_CHECK),
+            rg.Suggestion(
+                question_name="corrected_response", value=item.suggested_label, score=score, agent=LABEL_CHECK
+            ),
+        ]
+    top = item.top_check
+    return [rg.Suggestion(question_name="decision", value="reject", score=item.scores[top], agent=top)]
 
 
 def default_round_name(scan_id: str) -> str:
@@ -278,28 +307,31 @@ def load_items(catalog: Catalog, round_name: str, pending_only: bool) -> list[Re
         SELECT i.record_id, i.other_record_id, i.scores_json, r.prompt, r.response, o.prompt AS other_prompt,
                o.response AS other_response,
                (SELECT list(f.check_name || '=' || coalesce(f.reason, '')) FROM findings f
-                 WHERE f.record_id = i.record_id AND f.scan_id = rr.scan_id) AS reasons
+                 WHERE f.record_id = i.record_id AND f.scan_id = rr.scan_id) AS reasons,
+               (SELECT any_value(f.details_json) FROM findings f WHERE f.record_id = i.record_id
+                 AND f.scan_id = rr.scan_id AND f.check_name = ? AND f.flagged) AS label_details
         FROM review_items i JOIN review_rounds rr USING (round_name) JOIN records r USING (record_id)
         LEFT JOIN records o ON o.record_id = i.other_record_id
         WHERE i.round_name = ? {where} ORDER BY i.queued_at, i.record_id
         """,
-        [round_name],
+        [LABEL_CHECK, round_name],
     )
     items = []
     for row in rows:
         reasons = dict(r.split("=", 1) for r in row["reasons"] or [])
-        items.append(
-            ReviewItem(
-                row["record_id"],
-                row["prompt"],
-                row["response"],
-                json.loads(row["scores_json"]),
-                {k: v or None for k, v in reasons.items()},
-                row["other_record_id"],
-                row["other_prompt"],
-                row["other_response"],
-            )
+        item = ReviewItem(
+            row["record_id"],
+            row["prompt"],
+            row["response"],
+            json.loads(row["scores_json"]),
+            {k: v or None for k, v in reasons.items()},
+            row["other_record_id"],
+            row["other_prompt"],
+            row["other_response"],
         )
+        if row["label_details"]:
+            _set_suggestion(item, json.loads(row["label_details"]))
+        items.append(item)
     return items
 
 

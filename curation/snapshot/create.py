@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from curation.snapshot.contamination import check_eval_contamination
 from curation.snapshot.policy import SPLITS, SnapshotError, SnapshotPolicy
 from curation.snapshot.select import Exclusion, Member, Selection, latest_scan, select_records
+from schemas.artifact_paths import to_stored, workspace_root
 from schemas.atomic import atomic_directory, clean_staging
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
 from schemas.ids import artifact_id, canonical_json, sha256_text
@@ -207,7 +208,7 @@ def _register(
                 sid,
                 parent,
                 scan_id,
-                str(path),
+                to_stored(path, workspace_root(catalog)),
                 manifest_sha256(path),
                 canonical_json(policy.model_dump()),
                 manifest.counts["train"],

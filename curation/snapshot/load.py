@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from curation.snapshot.policy import SPLITS, SnapshotError
+from schemas.artifact_paths import resolve_stored, workspace_root
 from schemas.catalog import Catalog
 from schemas.manifest import Manifest, load_manifest, manifest_sha256
 
@@ -33,7 +34,7 @@ def load_snapshot(catalog: Catalog, snapshot_id: str, verify: bool = True) -> Sn
     row = catalog.query("SELECT path, manifest_sha256 FROM snapshots WHERE snapshot_id = ?", [snapshot_id])
     if not row:
         raise SnapshotError(f"no snapshot {snapshot_id} in the catalog (see `refinery snapshot list`)")
-    path = Path(row[0]["path"])
+    path = resolve_stored(row[0]["path"], workspace_root(catalog))
     manifest = load_manifest(path, verify=verify)
     if verify and manifest_sha256(path) != row[0]["manifest_sha256"]:
         raise SnapshotError(f"{path}/manifest.json differs from the catalog's record of it")

@@ -54,7 +54,7 @@ GUIDES = {
 
 
 def test_every_spec_is_complete_and_registered_once() -> None:
-    assert len(CHECKS) == len(SPECS) == 16
+    assert len(CHECKS) == len(SPECS) == 17
     for spec in SPECS:
         assert spec.name.isidentifier() and spec.higher_score.strip(), spec.name
         assert spec.config is None or issubclass(spec.config, BaseModel)
@@ -66,10 +66,14 @@ def test_every_spec_is_complete_and_registered_once() -> None:
 
 def test_derived_lists_are_what_they_were_before_the_specs() -> None:
     """Their order matters: snapshot ids hash the default policy's lists as they are."""
+    # The embedding checks joined the default set (2026-12: the product's premise is curated data, and the embedding
+    # map, the conflicts view and label_issue need them; int8-row7 made them cheap enough). DEFAULT_CHECKS is not part
+    # of any snapshot policy, so no snapshot id changes; a default scan's id does (its check list), as it should.
     assert DEFAULT_CHECKS == (
         "exact", "exact_prompt", "near_dup", "empty_response", "truncated", "repetitive", "length", "refusal", "pii",
-        "contamination",
+        "contamination", "outlier", "inconsistency", "semantic_dup", "label_issue",
     )  # fmt: skip
+    # label_issue is informative (no flag of it holds a record back, removes or groups one): the lists are unchanged
     assert BLOCKING_CHECKS == ("empty_response", "pii", "near_dup_eval", "contamination", "inconsistency")
     assert DUPLICATE_CHECKS == ("exact", "near_dup")
     assert SPLIT_GROUP_CHECKS == ("exact_prompt", "near_dup", "near_dup_prompt", "near_dup_response", "semantic_dup")

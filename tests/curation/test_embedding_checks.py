@@ -170,3 +170,41 @@ def test_bad_config_is_refused(bad: dict[str, object]) -> None:
 
     with pytest.raises(ScanError, match="config of 'outlier'"):
         resolve_checks(["outlier"], {"outlier": bad})
+
+
+def test_conflicts_view_lists_cluster_conflicts_of_the_cheap_checks(catalog: Catalog, tmp_path: Path) -> None:
+    """Same prompt, answers that differ only in case and punctuation: no conflict; other labels or another answer:
+    a conflict, under the check that clustered them (the view reads clusters, so no embedding is needed)."""
+    long_a = "Plants turn light, water and carbon dioxide into sugar and oxygen in their leaves, using chlorophyll."
+    long_b = "It is how a plant makes food: chlorophyll captures sunlight to build glucose from CO2 and water."
+    declined = "My card payment was declined at the supermarket this morning even though I have money in the {}"
+    pairs = [
+        ("Where is my card?", "card_lost"),
+        ("where is my CARD", "Card_Lost!"),
+        ("Has my top up gone through?", "pending_top_up"),
+        ("Has my top-up gone through??", "top_up_failed"),
+        ("Explain photosynthesis.", long_a),
+        ("explain photosynthesis", long_b),
+        (declined.format("account"), "declined_card_payment"),
+        (declined.format("bank"), "card_payment_fee_charged"),
+    ]
+    rows = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]} for p, a in pairs]
+    run(catalog, [write_lines(tmp_path / "c.jsonl", rows)])
+    run_scan(catalog, ["exact_prompt", "near_dup_prompt"])
+    found = catalog.query("SELECT check_name, prompt_a, response_a, response_b, score, reason FROM conflicts")
+    by_prompt = {(r["check_name"], r["prompt_a"].lower().rstrip("?.").replace("-", " ")): r for r in found}
+    assert set(by_prompt) == {
+        ("exact_prompt", "has my top up gone through"),
+        ("exact_prompt", "explain photosynthesis"),
+        ("near_dup_prompt", declined.format("bank").lower()),
+        ("near_dup_prompt", "has my top up gone through"),  # near_dup_prompt clusters the pair too
+    }
+    top_up = by_prompt[("exact_prompt", "has my top up gone through")]
+    # chats carry no label column: a one-line answer of at most 4 words is the label
+    assert {top_up["response_a"], top_up["response_b"]} == {"pending_top_up", "top_up_failed"}
+    assert top_up["score"] == 1.0 and "different labels" in top_up["reason"]
+    assert by_prompt[("exact_prompt", "explain photosynthesis")]["reason"].endswith("with different responses")
+    assert (
+        "(card_payment_fee_charged vs declined_card_payment)"
+        in by_prompt[("near_dup_prompt", declined.format("bank").lower())]["reason"]
+    )

@@ -150,9 +150,9 @@ def test_cli_pii_redact(tmp_path: Path, workspace: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(_chat("reach me at jane.roe@gmail.com", "ok") + "\n" + _chat("hello", "hi") + "\n")
     ws = ["--workspace", str(workspace)]
+    assert runner.invoke(app, [*ws, "ingest", str(data)]).exit_code == 0
     bad = runner.invoke(app, [*ws, "pii", "redact", "--scan", "scan_nope"])
     assert bad.exit_code == 2 and "unknown scan" in bad.output
-    assert runner.invoke(app, [*ws, "ingest", str(data)]).exit_code == 0
     assert runner.invoke(app, [*ws, "scan", "--checks", "pii"]).exit_code == 0
     done = runner.invoke(app, [*ws, "pii", "redact", "--json"])
     assert done.exit_code == 0, done.output

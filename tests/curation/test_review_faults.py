@@ -39,7 +39,7 @@ from curation.review.connection import (
 from curation.review.pull import agreement, resolve
 from curation.review.push import push
 from refinery.cli import app
-from schemas.catalog import Catalog
+from schemas.catalog import CATALOG_NAME, Catalog
 
 SECRET = "rfy.secret-key-that-must-never-show"
 
@@ -226,8 +226,10 @@ def test_without_a_server_commands_say_how_to_get_one(workspace: Path, monkeypat
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ReviewError, match="refinery review serve"):
         resolve_connection(workspace)
+    Catalog(workspace / CATALOG_NAME).migrate()  # a real workspace, so the refusal is about the server
     result = CliRunner().invoke(app, ["--workspace", str(workspace), "review", "pull"])
     assert result.exit_code == 2
+    assert "refinery review serve" in result.output and "no workspace" not in result.output
 
 
 def test_config_file_points_at_a_team_deployment(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -250,6 +250,25 @@ def test_cli_and_logs_never_show_the_key(review_env: ReviewEnv, round_r1: Any) -
     )
     for text in [*outputs, *logs, dump]:
         assert key not in text
+    # and nowhere else: every catalog table, and every file in the workspace (the catalog's bytes, manifests,
+    # reports, exports, logs)
+    # except the credentials file itself and the Argilla server's own data folder, which must hold the key
+    tables = [
+        r["table_name"]
+        for r in review_env.catalog.query(
+            "SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'"
+        )
+    ]
+    assert "review_rounds" in tables and "records" in tables
+    catalog_text = json.dumps([review_env.catalog.query(f'SELECT * FROM "{t}"') for t in tables], default=str)
+    assert key not in catalog_text
+    searched = 0
+    for file in ws.rglob("*"):
+        if not file.is_file() or file == paths.credentials or paths.home in file.parents:
+            continue
+        assert key.encode() not in file.read_bytes(), f"the Argilla key is in {file}"
+        searched += 1
+    assert searched >= 3
 
 
 def test_push_vectors_sends_each_prompt_embedding(review_env: ReviewEnv, tmp_path: Path) -> None:

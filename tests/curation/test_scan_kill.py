@@ -3,8 +3,8 @@ clean scan in a fresh catalog would (one scan row, complete; one finding per rec
 signature rows; the same duplicate clusters).
 
 The fault is placed deterministically (test code only, nothing in production waits): the child wraps the catalog
-writes, and at the chosen point it prints a line and then blocks until the parent, on reading that line, kills
-it. So the kill lands at exactly that point, whatever the load on the machine:
+writes, and at the chosen point it holds (``tests.support.kill``: it prints a line and blocks until the parent, on
+reading that line, kills it). So the kill lands at exactly that point, whatever the load on the machine:
 - ``inside_save``: inside the kill_at-th signature write transaction, after its INSERTs, before its COMMIT;
 - ``after_chunk``: after the kill_at-th signature transaction committed;
 - ``after_check``: after the kill_at-th check's findings were stored.
@@ -12,11 +12,7 @@ it. So the kill lands at exactly that point, whatever the load on the machine:
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,30 +23,25 @@ from curation.ingest.options import IngestOptions
 from curation.ingest.pipeline import ingest
 from schemas.catalog import Catalog
 from tests.curation.test_near_dup import _chat, _results, mutate, random_text
+from tests.support.kill import Child, kill_at_hold
 
-ROOT = Path(__file__).resolve().parents[2]
 CHECKS = ["exact", "near_dup"]
 N_BASE, N_NEAR = 500, 100  # 600 records, 100 planted near duplicates
 CHUNK = 40  # signature chunk size in the child: 15 write transactions
-HOLDING = "holding"  # the line the child prints once it waits at the kill point
 
 CHILD = textwrap.dedent(
     """
-    import contextlib, sys, time
+    import contextlib, sys
     from pathlib import Path
     import curation.similarity.minhash_store as store
     import curation.checks.runner as scan
     from schemas.catalog import Catalog
+    from tests.support.kill import hold
 
     path, mode, chunk, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     store.WRITE_CHUNK = chunk
     real_save, real_store, real_write = store.save_signatures, scan.store_check, Catalog.write
     state = {"saves": 0, "in_save": False, "checks": 0}
-
-    def hold(where):
-        print("%HOLDING% " + where, flush=True)
-        while True:  # the parent kills the process here: nothing after this point runs
-            time.sleep(60)
 
     @contextlib.contextmanager
     def write(self):
@@ -81,7 +72,7 @@ CHILD = textwrap.dedent(
     scan.run_scan(Catalog(Path(path)), sys.argv[5].split(","))
     print("done", flush=True)
     """
-).replace("%HOLDING%", HOLDING)
+)
 
 
 def _lines() -> list[str]:
@@ -99,30 +90,9 @@ def _catalog(tmp_path: Path, name: str, data: Path) -> Catalog:
 
 
 def _kill_child(catalog: Catalog, mode: str, kill_at: int) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(catalog.path), mode, str(CHUNK), str(kill_at), ",".join(CHECKS)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert child.stdout is not None
-        while True:
-            line = child.stdout.readline()
-            if not line or line.strip() == "done":
-                child.wait(timeout=60)
-                pytest.fail(f"the child never reached the kill point: {child.stderr.read() if child.stderr else ''}")
-            if line.startswith(HOLDING):
-                break
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    args = ["-c", CHILD, str(catalog.path), mode, str(CHUNK), str(kill_at), ",".join(CHECKS)]
+    with Child(args) as child:
+        kill_at_hold(child, timeout=300)
 
 
 @pytest.mark.parametrize(("mode", "kill_at"), [("inside_save", 4), ("after_chunk", 3), ("after_check", 1)])

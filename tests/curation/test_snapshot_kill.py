@@ -1,8 +1,9 @@
 """Killing `refinery snapshot create` at any stage leaves no snapshot or a complete one; a rerun completes it.
 
 The fault is placed from the test, not from production code: the child wraps one function that
-``curation.snapshot.create`` calls at the chosen point, prints a line there and blocks until the parent, on reading
-that line, SIGKILLs it. So the kill lands at exactly that point, whatever the load on the machine:
+``curation.snapshot.create`` calls at the chosen point and holds there (``tests.support.kill``: it prints a line
+and blocks until the parent, on reading that line, SIGKILLs it). So the kill lands at exactly that point, whatever
+the load on the machine:
 
 - ``selected``: the records are selected, nothing is written yet;
 - ``split_written``: the first split's Parquet file is in the staging folder;
@@ -13,10 +14,6 @@ that line, SIGKILLs it. So the kill lands at exactly that point, whatever the lo
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,32 +23,26 @@ from curation.snapshot import load_snapshot
 from schemas.catalog import Catalog
 from schemas.manifest import load_manifest
 from tests.curation.snapshot_support import build_corpus
-
-REPO = Path(__file__).resolve().parents[2]
-HOLDING = "holding"  # the line the child prints once it waits at the kill point
+from tests.support.kill import Child, kill_at_hold
 
 CHILD = textwrap.dedent(
     """
-    import sys, time
+    import sys
     import curation.snapshot.create as create
+    from tests.support.kill import hold
 
     workspace, stage = sys.argv[1], sys.argv[2]
-
-    def hold():
-        print("%HOLDING% " + stage, flush=True)
-        while True:  # the parent kills the process here: nothing after this point runs
-            time.sleep(60)
 
     def after(function):
         def wrapped(*args, **kwargs):
             result = function(*args, **kwargs)
-            hold()
+            hold(stage)
             return result
         return wrapped
 
     def before(function):
         def wrapped(*args, **kwargs):
-            hold()
+            hold(stage)
         return wrapped
 
     wrap, name = {
@@ -66,39 +57,21 @@ CHILD = textwrap.dedent(
     from refinery.cli import main
     main()
     """
-).replace("%HOLDING%", HOLDING)
+)
 
 
-def _create(ws: Path, stage: str | None) -> subprocess.Popen[str]:
+def _create(ws: Path, stage: str | None) -> Child:
     # through main() (not `-m refinery.cli`, which would load refinery.cli twice and lose --workspace)
     if stage is None:
         args = ["-c", "from refinery.cli import main; main()", "--workspace", str(ws), "--quiet", "snapshot", "create"]
     else:
         args = ["-c", CHILD, str(ws), stage]
-    return subprocess.Popen(
-        [sys.executable, *args],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return Child(args)
 
 
 def _kill_at(ws: Path, stage: str) -> None:
-    child = _create(ws, stage)
-    try:
-        assert child.stdout is not None
-        line = child.stdout.readline()
-        if not line.startswith(HOLDING):
-            child.wait(timeout=60)
-            pytest.fail(f"the child never reached {stage}: {line}{child.stderr.read() if child.stderr else ''}")
-        child.send_signal(signal.SIGKILL)
-        assert child.wait(timeout=60) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+    with _create(ws, stage) as child:
+        kill_at_hold(child, timeout=300)
 
 
 @pytest.mark.slow
@@ -117,9 +90,9 @@ def test_kill_at_stage_leaves_nothing_or_a_complete_snapshot(tmp_path: Path, wor
         load_manifest(folder)
     assert bool(finals) == (stage in ("renamed", "registering"))
 
-    rerun = _create(workspace, None)
-    out, err = rerun.communicate(timeout=180)
-    assert rerun.returncode == 0, out + err
+    with _create(workspace, None) as rerun:
+        code, out, err = rerun.finish(timeout=300)
+    assert code == 0, out + err
     snapshot_id = catalog.scalar("SELECT snapshot_id FROM snapshots")
     assert load_snapshot(catalog, snapshot_id).manifest.counts["train"] > 0
     assert [p.name for p in snaps.iterdir()] == [snapshot_id]  # staging leftovers removed

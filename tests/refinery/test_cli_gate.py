@@ -69,7 +69,9 @@ def test_a_failed_eval_is_stored_with_its_reason(failed_eval: dict[str, Any]) ->
 def test_promote_refuses_the_adapter_and_names_the_failed_verdict(failed_eval: dict[str, Any]) -> None:
     ws, adapter_id, report = failed_eval["ws"], failed_eval["adapter_id"], failed_eval["eval"]
     refused = invoke_cli(ws, "promote", adapter_id, "--json")
-    assert refused.exit_code == 1 and refused.stdout == ""
+    assert refused.exit_code == 1
+    error = json.loads(refused.stdout)  # under --json an error is one JSON object on stdout too
+    assert error["exit_code"] == 1 and f"refused to promote {adapter_id}" in error["error"]
     message = " ".join(refused.stderr.split())
     assert f"refused to promote {adapter_id}" in message and f"{report['eval_id']} failed the gate" in message
     assert " ".join(report["reason"].split()) in message and "--force --reason" in message
@@ -101,10 +103,12 @@ def test_audit_rehashes_eval_runs_and_deep_rehashes_base_model_weights(failed_ev
     from refinery.workspace import open_workspace
 
     ws, eval_id = failed_eval["ws"], failed_eval["eval"]["eval_id"]
-    catalog = open_workspace(ws).catalog
-    eval_dir = Path(catalog.scalar("SELECT path FROM eval_runs WHERE eval_id = ?", [eval_id]))
-    base_id, base_path = catalog.query("SELECT base_model_id, path FROM base_models")[0].values()
-    weights = Path(base_path) / "model.safetensors"
+    workspace = open_workspace(ws)
+    catalog = workspace.catalog
+    eval_dir = workspace.artifact_path(catalog.scalar("SELECT path FROM eval_runs WHERE eval_id = ?", [eval_id]))
+    base_id, stored = catalog.query("SELECT base_model_id, path FROM base_models")[0].values()
+    base_path = workspace.artifact_path(stored)
+    weights = base_path / "model.safetensors"
     assert weights.is_file()
 
     code, clean = _audit(ws)
@@ -137,7 +141,7 @@ def test_audit_rehashes_eval_runs_and_deep_rehashes_base_model_weights(failed_ev
     assert shallow_code == 0 and shallow["ok"]  # without --deep the weights are not read
     assert deep_code == 1
     assert [(p["kind"], p["artifact"], p["path"]) for p in deep["problems"]] == [
-        ("tampered", f"base_model {base_id}", str(Path(base_path)))
+        ("tampered", f"base_model {base_id}", str(base_path))
     ]
     code, restored = _audit(ws, "--deep")
     assert code == 0 and restored["ok"]
@@ -147,7 +151,8 @@ def test_a_moved_base_model_folder_is_missing(failed_eval: dict[str, Any], tmp_p
     from refinery.workspace import open_workspace
 
     ws = failed_eval["ws"]
-    base_path = Path(open_workspace(ws).catalog.scalar("SELECT path FROM base_models"))
+    workspace = open_workspace(ws)
+    base_path = workspace.artifact_path(workspace.catalog.scalar("SELECT path FROM base_models"))
     moved = tmp_path / "moved"
     shutil.move(str(base_path), moved)
     try:

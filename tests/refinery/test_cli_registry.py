@@ -63,7 +63,8 @@ def test_register_is_idempotent_and_commands_have_help() -> None:
 )
 def test_promote_without_a_passing_verdict_exits_1(ws: Path, adapter: str, message: str) -> None:
     code, out, err = _invoke(ws, "promote", adapter, "--json")
-    assert code == 1 and out == ""
+    error = json.loads(out)  # under --json the error is also one JSON object on stdout
+    assert code == 1 and error["exit_code"] == 1 and message in error["error"]
     assert "no passing verdict" in err and message in err and "--force --reason" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -137,6 +138,6 @@ def test_promote_force_rollback_and_registry(ws: Path) -> None:
 
 def test_rollback_with_nothing_promoted_exits_2(ws: Path) -> None:
     code, out, err = _invoke(ws, "rollback", "--json")
-    assert code == 2 and out == "" and "no adapter has been promoted" in err
+    assert code == 2 and json.loads(out)["exit_code"] == 2 and "no adapter has been promoted" in err
     code, out, _ = _invoke(ws, "registry", "--json")
     assert code == 0 and json.loads(out)["current"] is None
