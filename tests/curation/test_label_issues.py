@@ -18,42 +18,13 @@ from curation.checks.runner import enforce_contract, load_training_records
 from curation.checks.spec import CheckContext, ScanRecord
 from curation.report.collect import collect_report
 from curation.review.push import load_items, queue_round, select_items, suggestions
-from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
+from tests.curation.embedding_support import CARD, RATE, rec
 from tests.curation.ingest_support import run, write_lines
 from tests.support.require import require_module
 
-CARD = [
-    "When will my new card arrive?",
-    "My card still has not arrived, how long does delivery take?",
-    "How long until I receive my card in the mail?",
-    "I ordered a card last week and it is not here yet.",
-    "Is there a way to track the delivery of my card?",
-    "What is the expected delivery time for a new card?",
-    "My card hasn't come in the post yet.",
-    "Can you tell me when my card will be delivered?",
-    "It's been ten days and my card has not arrived.",
-    "Where is my card? I am still waiting for it.",
-]
-RATE = [
-    "What exchange rate do you use for euros?",
-    "How is the currency conversion rate calculated?",
-    "Why did I get a bad exchange rate on my purchase?",
-    "Which exchange rate applies when I pay in dollars?",
-    "Is your exchange rate the same as the market rate?",
-    "How often is the exchange rate updated?",
-    "I think the exchange rate you charged me is wrong.",
-    "Where can I see today's exchange rates?",
-    "Do you add a margin on top of the exchange rate?",
-    "What rate do you apply when converting pounds to yen?",
-]
 #: An exchange-rate question filed under card_arrival: the planted label error.
 MISFILED = "What exchange rate will I get when I pay in Swiss francs?"
-
-
-def rec(i: int, prompt: str, response: str, label: str | None = None) -> ScanRecord:
-    rid = f"rec_{i:04d}"
-    return ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, ("2026-01-01T00:00:00.000000", i, 0), rid))
 
 
 def intents(with_label_column: bool) -> list[ScanRecord]:
