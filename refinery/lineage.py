@@ -149,6 +149,10 @@ def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
     contaminated = catalog.scalar(
         "SELECT count(DISTINCT (eval_set, eval_item)) FROM snapshot_contamination WHERE snapshot_id = ?", [snapshot_id]
     )
+    effects = catalog.query(
+        "SELECT check_name, dropped, dropped_alone, changed FROM snapshot_check_effects WHERE snapshot_id = ?",
+        [snapshot_id],
+    )
     return {
         "kind": "snapshot",
         "id": snapshot_id,
@@ -156,6 +160,9 @@ def _snapshot_node(catalog: Catalog, snapshot_id: str) -> dict[str, Any]:
         "counts": {"train": row["train"], "validation": row["validation"], "test": row["test"]},
         "basis": {str(r["basis"]): r["n"] for r in basis},
         "excluded": {r["reason"]: r["n"] for r in excluded},
+        # per check: records this snapshot left out (alone: for that check only) or changed; each exclusion's
+        # finding is (scan_id, record_id, check_name) in snapshot_exclusion_causes
+        "check_effects": effects,
         "contaminated_eval_items": contaminated,
         "policy": json.loads(row["policy_json"]),
         "parents": parents,
@@ -270,6 +277,13 @@ def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
         "SELECT forget_id, kind, target, reason, actor, created_at FROM forgotten_records WHERE record_id = ?",
         [record_id],
     )
+    excluded_from = catalog.query(
+        "SELECT e.snapshot_id, e.reason, e.detail, e.decision_id, "
+        "list(c.check_name ORDER BY c.check_name) FILTER (WHERE c.check_name IS NOT NULL) AS checks, "
+        "any_value(c.scan_id) AS scan_id FROM snapshot_exclusions e LEFT JOIN snapshot_exclusion_causes c "
+        "USING (snapshot_id, record_id) WHERE e.record_id = ? GROUP BY ALL ORDER BY 1",
+        [record_id],
+    )
     parents: list[dict[str, Any]] = [
         {"kind": "source_row", "id": f"{s['file']}:{s['row']}", **s, "parents": []} for s in sources
     ]
@@ -287,6 +301,7 @@ def _record_node(catalog: Catalog, record_id: str) -> dict[str, Any]:
         "decisions": decisions,
         "forgotten": forgotten,
         "used_in": used_in,
+        "excluded_from": excluded_from,
         "parents": parents,
     }
 
@@ -385,4 +400,19 @@ _SHOW: dict[str, Any] = {
         f"{u['snapshot_id']} {u['split']}" + (f" ({u['adapter_id']})" if u.get("adapter_id") else "") for u in us
     ),
     "summary": _checks,
+    "check_effects": lambda es: ", ".join(
+        f"{e['check_name']} {_effect(e)}" for e in es if e["dropped"] or e["changed"]
+    ),
+    "excluded_from": lambda xs: "; ".join(f"{x['snapshot_id']} ({x['reason']}: {_plain(x['detail'])})" for x in xs),
 }
+
+
+def _effect(effect: dict[str, Any]) -> str:
+    """'439 out (380 alone)', '12 changed', or both."""
+    parts = []
+    if effect["dropped"]:
+        alone = f" ({effect['dropped_alone']} alone)" if effect["dropped_alone"] != effect["dropped"] else ""
+        parts.append(f"{effect['dropped']} out{alone}")
+    if effect["changed"]:
+        parts.append(f"{effect['changed']} changed")
+    return " ".join(parts)

@@ -30,6 +30,33 @@ def test_the_intent_recipe_configs_load() -> None:
     assert policy.test_fraction == 0.0
 
 
+def test_the_noisy_banking77_configs_load_and_differ_only_where_curation_acts() -> None:
+    folder = INTENT.parent / "noisy-banking77"
+
+    def load(name: str) -> dict[str, object]:
+        data = yaml.safe_load((folder / name).read_text(encoding="utf-8"))
+        assert isinstance(data, dict)
+        return data
+
+    raw = SnapshotPolicy.model_validate(load("policy-raw.yaml"))
+    curated = SnapshotPolicy.model_validate(load("policy-curated.yaml"))
+    assert raw.exclude_duplicates == [] and raw.blocking_checks == [] and raw.group_by == []
+    assert "label_issue" in curated.blocking_checks
+    assert curated.exclude_duplicates == SnapshotPolicy().exclude_duplicates
+    assert set(SnapshotPolicy().blocking_checks) < set(curated.blocking_checks)
+    assert raw.fractions() == curated.fractions()  # the same split sizes for both arms
+    assert EvalConfig.model_validate(load("eval-raw.yaml")).systems == ["adapter", "base_zero_shot"]
+    assert EvalConfig.model_validate(load("eval-curated.yaml")).systems == ["adapter", "champion"]
+
+
 def test_every_yaml_under_examples_is_covered() -> None:
     shipped = sorted(p.relative_to(INTENT.parent).as_posix() for p in INTENT.parent.rglob("*.yaml"))
-    assert shipped == ["intent/eval.yaml", "intent/policy.yaml", "intent/train.yaml"]
+    assert shipped == [
+        "intent/eval.yaml",
+        "intent/policy.yaml",
+        "intent/train.yaml",
+        "noisy-banking77/eval-curated.yaml",
+        "noisy-banking77/eval-raw.yaml",
+        "noisy-banking77/policy-curated.yaml",
+        "noisy-banking77/policy-raw.yaml",
+    ]

@@ -11,7 +11,13 @@ Each labelled record gets a probability for every label, from two views of its p
 
 ``p = knn_weight x neighbours + (1 - knn_weight) x classifier``. The suggested label is the most probable other
 label; the score is ``p(suggested) - p(given)`` (0 when the given label is the most probable one), flagged from
-``threshold``. Measured on banking77 with planted noise (benchmarks/bench_label_issues.py, docs/CHECKS.md).
+``threshold``.
+
+A label carried by fewer than ``min_label_records`` records cannot be judged by its neighbourhood (nothing else
+carries it), with one exception: a *near-miss* label, a strict prefix of a frequent label or within
+``max_label_edits`` edits of one (``card_arri``, ``card_arival`` beside ``card_arrival``: a truncated or misspelt
+answer). Such a record scores 1 and is flagged, the suggestion being the most probable of the frequent labels it
+nearly matches. Measured on banking77 with planted noise (benchmarks/bench_label_issues.py, docs/CHECKS.md).
 """
 
 from __future__ import annotations
@@ -55,6 +61,9 @@ class LabelIssueConfig(EmbeddingCheckConfig):
     )
     max_label_words: int = Field(
         4, ge=1, description="Without a record label, a single-line response of at most this many words is a label."
+    )
+    max_label_edits: int = Field(
+        2, ge=0, le=5, description="A rare label this many edits (or fewer) from a frequent one is a near miss of it."
     )
 
 
@@ -126,6 +135,35 @@ def label_probabilities(
         yield block, _probabilities(vectors[rows[block]], fold[block], weights, votes, config), nbr_label
 
 
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Levenshtein distance of ``a`` and ``b``, or ``limit + 1`` once it is known to exceed ``limit``."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        if min(current) > limit:
+            return limit + 1
+        previous = current
+    return previous[-1]
+
+
+def near_miss_labels(keys: Sequence[str], size: np.ndarray, config: LabelIssueConfig) -> dict[int, list[int]]:
+    """rare label -> the frequent labels it nearly matches (a strict prefix of them, or few edits away)."""
+    frequent = [c for c in range(len(keys)) if size[c] >= config.min_label_records]
+    out: dict[int, list[int]] = {}
+    for c in range(len(keys)):
+        if size[c] == 0 or size[c] >= config.min_label_records:
+            continue
+        rare, limit = keys[c], config.max_label_edits
+        matches = [f for f in frequent if keys[f].startswith(rare) or edit_distance(rare, keys[f], limit) <= limit]
+        if matches:
+            out[c] = matches
+    return out
+
+
 def _skip_all(records: Sequence[ScanRecord], why: str, started: float) -> CheckOutput:
     findings = [Finding(r.record_id, 0.0, False, None, {"skipped": why}) for r in records]
     return CheckOutput(findings, summary={"skipped": why, "seconds": round(time.monotonic() - started, 3)})
@@ -168,17 +206,23 @@ def check_label_issue(records: Sequence[ScanRecord], ctx: CheckContext) -> Check
     agreeing = np.zeros(len(rows), dtype=np.int64)  # neighbours carrying the suggested label
     counted = np.zeros(len(rows), dtype=np.int64)  # labelled neighbours
     ids = [r.record_id for r in records]
+    size = np.bincount(given, minlength=len(names))
+    near_miss = near_miss_labels([normalize_for_dedup(name) for name in names], size, config)
     for block, p, nbr_label in label_probabilities(vectors, y, found, ids, len(names), config):
         at = np.arange(len(p))
         own[block] = p[at, given[block]]
         p[at, given[block]] = -1.0
         suggested[block] = p.argmax(axis=1)
+        for m in np.flatnonzero(np.isin(given[block], list(near_miss))).tolist():
+            candidates = near_miss[int(given[block][m])]  # a near miss: the likeliest of the labels it nearly is
+            suggested[block][m] = candidates[int(np.argmax(p[m, candidates]))]
         best[block] = p[at, suggested[block]]
         agreeing[block] = (nbr_label == suggested[block][:, None]).sum(axis=1)
         counted[block] = (nbr_label >= 0).sum(axis=1)
-    size = np.bincount(given, minlength=len(names))
     margin = np.clip(best - own, 0.0, 1.0)
     flagged = (margin >= config.threshold) & (size[given] >= config.min_label_records)
+    missed = np.isin(given, list(near_miss))
+    flagged[missed], margin[missed] = True, 1.0
     partners = _nearest_with_label(vectors, rows[flagged], suggested[flagged], y)
 
     findings: list[Finding] = []
@@ -189,7 +233,7 @@ def check_label_issue(records: Sequence[ScanRecord], ctx: CheckContext) -> Check
         if n is None:
             findings.append(Finding(rec.record_id, 0.0, False, None, {"skipped": "no label"}))
             continue
-        if size[given[n]] < config.min_label_records:
+        if size[given[n]] < config.min_label_records and int(given[n]) not in near_miss:
             why = f"label {names[given[n]]!r} has {size[given[n]]} record(s), under {config.min_label_records}"
             findings.append(Finding(rec.record_id, 0.0, False, None, {"skipped": why}))
             continue
@@ -206,10 +250,17 @@ def check_label_issue(records: Sequence[ScanRecord], ctx: CheckContext) -> Check
         if not flagged[n]:
             findings.append(Finding(rec.record_id, round(float(margin[n]), 6), False, None, details))
             continue
-        reason = (
-            f"label {label!r} disagrees with its neighbourhood: suggested {other!r} (p {best[n]:.2f} vs "
-            f"{own[n]:.2f}; {agreeing[n]} of its {counted[n]} nearest labelled neighbours carry it)"
-        )
+        if int(given[n]) in near_miss:
+            details["near_miss_of"] = [names[c] for c in near_miss[int(given[n])]]
+            reason = (
+                f"label {label!r} ({size[given[n]]} record(s)) is a near miss of {other!r} (truncated or misspelt); "
+                f"{agreeing[n]} of its {counted[n]} nearest labelled neighbours carry {other!r}"
+            )
+        else:
+            reason = (
+                f"label {label!r} disagrees with its neighbourhood: suggested {other!r} (p {best[n]:.2f} vs "
+                f"{own[n]:.2f}; {agreeing[n]} of its {counted[n]} nearest labelled neighbours carry it)"
+            )
         findings.append(Finding(rec.record_id, round(float(margin[n]), 6), True, reason, details))
         partner = partners.get(i)
         if partner is not None:

@@ -93,6 +93,8 @@ class ReportData:
     embedding_map: EmbeddingMap | None
     embedding_note: str
     generated_at: str
+    # per snapshot made from this scan and check: records it left out or changed (snapshot_check_effects)
+    snapshot_effects: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -275,6 +277,16 @@ def _cluster_sizes(catalog: Catalog, scan_id: str) -> dict[str, dict[str, int]]:
     return out
 
 
+def _snapshot_effects(catalog: Catalog, scan_id: str) -> list[dict[str, Any]]:
+    """Per snapshot made from the scan and per check: records it dropped (alone: for that check only), changed."""
+    return catalog.query(
+        "SELECT s.snapshot_id AS snapshot, s.train + s.validation + s.test AS members, e.check_name AS check, "
+        "e.dropped, e.dropped_alone, e.changed FROM snapshots s JOIN snapshot_check_effects e USING (snapshot_id) "
+        "WHERE s.scan_id = ? ORDER BY s.created_at, s.snapshot_id, e.dropped DESC, e.changed DESC, e.check_name",
+        [scan_id],
+    )
+
+
 def _record_views(catalog: Catalog, ids: set[str]) -> dict[str, tuple[str, str, str | None]]:
     if not ids:
         return {}
@@ -404,4 +416,5 @@ def collect_report(
         embedding_map=emap,
         embedding_note=note,
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        snapshot_effects=_snapshot_effects(catalog, sid),
     )

@@ -157,6 +157,18 @@ def _checks_section(data: ReportData) -> str:
     return f'<section id="checks"><h2>Per-check counts</h2><div class="bars">{bars}</div>{table}</section>'
 
 
+def _snapshots_section(data: ReportData) -> str:
+    """What each snapshot made from this scan did with its findings, per check."""
+    intro = (
+        '<p class="note">Per snapshot made from this scan: the records each check kept out of it (alone: no other '
+        "check or rule would have), and the members it changed (edited after a review the check sent them to). "
+        "Each exclusion's finding: <code>snapshot_exclusion_causes</code>.</p>"
+    )
+    numeric = ("members", "dropped", "dropped_alone", "changed")
+    table = _table(data.snapshot_effects, "table-snapshot-effects", numeric)
+    return f'<section id="snapshots"><h2>What the snapshots did with it</h2>{intro}{table}</section>'
+
+
 def _scores_section(data: ReportData) -> str:
     figures = []
     for c in data.checks:
@@ -308,11 +320,12 @@ def _content_security_policy() -> str:
 def render_html(data: ReportData) -> str:
     """The report as one self-contained HTML document (no external resource of any kind)."""
     sid = data.scan["scan_id"]
-    with progress("report: render", total=6) as bar:
+    with progress("report: render", total=7) as bar:
         sections = []
         for build in (
             _summary_section,
             _checks_section,
+            _snapshots_section,
             _scores_section,
             _duplicates_section,
             _map_section,
@@ -325,6 +338,7 @@ def render_html(data: ReportData) -> str:
         for anchor, title in (
             ("summary", "Summary"),
             ("checks", "Counts"),
+            ("snapshots", "Snapshots"),
             ("scores", "Scores"),
             ("duplicates", "Duplicates"),
             ("map", "Map"),

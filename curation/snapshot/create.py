@@ -36,6 +36,7 @@ class SnapshotResult:
     reused: bool
     excluded: dict[str, int] = field(default_factory=dict)
     contaminated_eval_items: int = 0
+    check_effects: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -43,6 +44,7 @@ class SnapshotResult:
             "path": str(self.path),
             **self.counts,
             "excluded": self.excluded,
+            "check_effects": self.check_effects,
             "contaminated_eval_items": self.contaminated_eval_items,
             "scan_id": self.scan_id,
             "reused": self.reused,
@@ -102,7 +104,14 @@ def create_snapshot(
         _register(catalog, manifest, final, selection, contamination, policy, parent, scan_id)
         bar.advance()
     return SnapshotResult(
-        snapshot_id, final, counts, scan_id, reused, excluded, contamination_summary["contaminated_eval_items"]
+        snapshot_id,
+        final,
+        counts,
+        scan_id,
+        reused,
+        excluded,
+        contamination_summary["contaminated_eval_items"],
+        selection.check_effects(),
     )
 
 
@@ -146,6 +155,7 @@ def _manifest(
             "basis": basis,
             "batches": batches,
             "review": review,
+            "check_effects": selection.check_effects(),
             "contamination": {**contamination_summary, "matches": contamination},
         },
     )
@@ -199,6 +209,7 @@ def _register(
     """One transaction: the snapshot row, its members, exclusions, contamination and lineage edges."""
     sid = manifest.id
     members = selection.all_members()
+    causes = [(e.record_id, c) for e in selection.exclusions for c in e.causes]
     with catalog.write() as con:
         if con.execute("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [sid]).fetchone():
             return
@@ -235,6 +246,16 @@ def _register(
                     "reason": [e.reason for e in selection.exclusions],
                     "detail": [e.detail for e in selection.exclusions],
                     "decision_id": pa.array([e.decision_id for e in selection.exclusions], pa.string()),
+                }
+            ),
+            "snapshot_exclusion_causes": pa.table(
+                {
+                    "snapshot_id": [sid] * len(causes),
+                    "record_id": [rid for rid, _ in causes],
+                    "check_name": [c.check_name for _, c in causes],
+                    "scan_id": [scan_id] * len(causes),
+                    "score": pa.array([c.score for _, c in causes], pa.float64()),
+                    "kept_record_id": pa.array([c.kept_record_id for _, c in causes], pa.string()),
                 }
             ),
             "snapshot_contamination": pa.table(

@@ -30,11 +30,21 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Cause:
+    """A check behind an exclusion: its finding's score (a blocking check) or the duplicate kept instead."""
+
+    check_name: str
+    score: float | None = None
+    kept_record_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Exclusion:
     record_id: str
     reason: str  # 'forgotten', 'in_eval_set', 'rejected', 'duplicate', 'held_back'
     detail: str
     decision_id: str | None = None
+    causes: tuple[Cause, ...] = ()  # the checks that caused it (none for 'forgotten' and 'in_eval_set')
 
 
 @dataclass
@@ -44,9 +54,23 @@ class Selection:
     members: dict[str, list[Member]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     exclusions: list[Exclusion] = field(default_factory=list)
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    changes: dict[str, tuple[Cause, ...]] = field(default_factory=dict)  # edited member -> checks behind its review
 
     def all_members(self) -> list[Member]:
         return [m for s in SPLITS for m in self.members[s]]
+
+    def check_effects(self) -> dict[str, dict[str, int]]:
+        """Per check: records left out because of it, left out for it alone, and members changed (edited) after a
+        review it sent them to (the ``snapshot_check_effects`` view, computed before the snapshot is stored)."""
+        effects: dict[str, dict[str, int]] = defaultdict(lambda: {"dropped": 0, "dropped_alone": 0, "changed": 0})
+        for exclusion in self.exclusions:
+            for cause in {c.check_name for c in exclusion.causes}:
+                effects[cause]["dropped"] += 1
+                effects[cause]["dropped_alone"] += len({c.check_name for c in exclusion.causes}) == 1
+        for causes in self.changes.values():
+            for cause in {c.check_name for c in causes}:
+                effects[cause]["changed"] += 1
+        return {check: effects[check] for check in sorted(effects, key=lambda c: (-effects[c]["dropped"], c))}
 
 
 def latest_scan(catalog: Catalog) -> str:
@@ -91,7 +115,8 @@ def _fetch(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> dict[str, 
             [scan_id, policy.group_by],
         ).fetchall()
         decisions = con.execute(
-            "SELECT decision_id, record_id, decision, edited_record_id, actor, round_name, source FROM record_decisions"
+            "SELECT decision_id, record_id, decision, edited_record_id, actor, round_name, source, check_names "
+            "FROM record_decisions"
         ).fetchall()
         forgotten = con.execute(
             "SELECT record_id, min(forget_id), min(reason) FROM forgotten_records GROUP BY record_id"
@@ -113,6 +138,12 @@ def _fetch(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> dict[str, 
     }
 
 
+def _decision_causes(check_names: str | None) -> tuple[Cause, ...]:
+    """The checks that sent a record to the review that decided it (``review_decisions.check_names``)."""
+    names = sorted({name.strip() for name in (check_names or "").split(",") if name.strip()})
+    return tuple(Cause(name) for name in names)
+
+
 def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Selection:
     """Apply the policy to the catalog (:mod:`curation.snapshot.policy`); assign splits."""
     data = _fetch(catalog, scan_id, policy)
@@ -128,11 +159,11 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
     for rid, check, kept in data["removed"]:
         if rid not in removed or check == "exact":  # an exact duplicate is the stronger statement
             removed[rid] = (check, kept)
-    blocks: dict[str, list[str]] = defaultdict(list)
+    blocks: dict[str, list[Cause]] = defaultdict(list)
     for rid, check, score, flagged in data["findings"]:
         threshold = policy.score_thresholds.get(check)
         if (flagged and check in policy.blocking_checks) or (threshold is not None and score >= threshold):
-            blocks[rid].append(f"{check} ({score:.3g})")
+            blocks[rid].append(Cause(check, float(score)))
     decision_of = {d[1]: d for d in data["decisions"]}
     forgotten = {rid: (fid, reason) for rid, fid, reason in data["forgotten"]}
 
@@ -153,13 +184,16 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
         elif in_eval:
             exclusion = Exclusion(rid, "in_eval_set", "also a registered eval item")
         elif decision is not None and decision[2] == "reject":
-            exclusion = Exclusion(rid, "rejected", f"rejected by {decision[4]} ({decision[5] or decision[6]})", did)
+            why = f"rejected by {decision[4]} ({decision[5] or decision[6]})"
+            exclusion = Exclusion(rid, "rejected", why, did, _decision_causes(decision[7]))
         elif rid in removed:
             check, kept = removed[rid]
             if not (approved and policy.approval_restores_near_duplicates and check != "exact"):
-                exclusion = Exclusion(rid, "duplicate", f"{check} duplicate of {kept}")
+                cause = (Cause(check, None, kept),)
+                exclusion = Exclusion(rid, "duplicate", f"{check} duplicate of {kept}", None, cause)
         elif blocks.get(rid) and not approved:
-            exclusion = Exclusion(rid, "held_back", "flagged by " + ", ".join(blocks[rid]) + ", not approved")
+            flagged_by = ", ".join(f"{c.check_name} ({c.score:.3g})" for c in blocks[rid])
+            exclusion = Exclusion(rid, "held_back", f"flagged by {flagged_by}, not approved", None, tuple(blocks[rid]))
         if exclusion is None and decision is not None and decision[2] == "edit":
             new_id = decision[3]
             if new_id in forgotten:
@@ -168,6 +202,7 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
                 _, messages_json, label, metadata_json = data["edited"][new_id]
                 # the edited version takes its original's place, group included
                 chosen.append(Member(new_id, json.loads(messages_json), label, metadata_json, rid, "edited", did, rid))
+                selection.changes[new_id] = _decision_causes(decision[7])
                 continue
         if exclusion is not None:
             selection.exclusions.append(exclusion)

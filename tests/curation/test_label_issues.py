@@ -85,6 +85,29 @@ def test_unlabelled_records_among_labelled_ones_and_non_english_text() -> None:
     assert "rec_0020" in flagged(out) and "rec_0030" not in flagged(out)  # Spanish card query: its own label
 
 
+def test_a_truncated_or_misspelt_label_is_flagged_as_a_near_miss_of_the_label_it_nearly_is() -> None:
+    records = intents(True)
+    records.append(rec(40, "Why hasn't my card shown up yet?", "card_arri", "card_arri"))  # truncated
+    records.append(rec(41, "What rate will I get for dollars?", "exchnage_rate", "exchnage_rate"))  # two edits
+    records.append(rec(42, "When does my card get here?", "card", "card"))  # a prefix of card_arrival only
+    records.append(rec(43, "Has my top-up gone through?", "top_up_reverted", "top_up_reverted"))  # near no label
+    out = check_label_issue(records, CheckContext())
+    enforce_contract("label_issue", records, out)
+    by_id = {f.record_id: f for f in out.findings}
+    for rid, label, suggested in [("rec_0040", "card_arri", "card_arrival"),
+                                  ("rec_0041", "exchnage_rate", "exchange_rate"),
+                                  ("rec_0042", "card", "card_arrival")]:  # fmt: skip
+        finding = by_id[rid]
+        assert finding.flagged and finding.score == 1.0, rid
+        assert finding.details is not None and finding.details["suggested_label"] == suggested
+        assert finding.details["near_miss_of"] == [suggested]
+        assert f"label {label!r} (1 record(s)) is a near miss of {suggested!r}" in str(finding.reason)
+    assert by_id["rec_0043"].details == {"skipped": "label 'top_up_reverted' has 1 record(s), under 5"}
+    strict = check_label_issue(records, CheckContext(config=LabelIssueConfig(max_label_edits=0)))
+    assert not next(f for f in strict.findings if f.record_id == "rec_0041").flagged  # two edits > 0
+    assert next(f for f in strict.findings if f.record_id == "rec_0040").flagged  # a prefix needs no edit
+
+
 # ------------------------------------------------------------------------------------------ the default scan
 
 
