@@ -31,7 +31,12 @@ def snapshot_create(
         if as_json:
             emit_json(result.to_json())
         else:
-            print_facts(result.to_json(), title="snapshot")
+            facts = result.to_json()
+            effects = facts.pop("check_effects")
+            print_facts(facts, title="snapshot")
+            if effects:
+                rows = [{"check": check, **counts} for check, counts in effects.items()]
+                print_table(rows, title="what each check did (dropped_alone: no other check or rule would have)")
 
 
 @snapshot_app.command("list")
