@@ -54,7 +54,7 @@ def main() -> None:
         "dropped_by_check": {check: dict(counts) for check, counts in sorted(by_check.items())},
     }
     print(f"{'':16}" + "".join(f"{k:>15}" for k in KINDS))
-    for name, counts in [("ingested", out["ingested"]), ("kept (curated)", out["kept"])] + [
+    for name, counts in [("ingested", out["ingested"]), ("in snapshot", out["kept"])] + [
         (f"out: {check}", counts) for check, counts in out["dropped_by_check"].items()
     ]:
         print(f"{name:16}" + "".join(f"{counts.get(k, 0):>15}" for k in KINDS))
