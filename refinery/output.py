@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import typer
@@ -57,6 +57,18 @@ def emit_json(payload: Any) -> None:
     sys.stdout.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
     sys.stdout.flush()
     _session["emitted"] = True
+
+
+def replace_blobs(value: Any, blob: Callable[[bytes], str]) -> Any:
+    """``value`` with every bytes value, also inside lists, structs and maps, replaced by ``blob(value)``: how
+    `refinery sql` and the service's ``POST /sql`` show BLOBs (hex in JSON, a size in tables)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return blob(bytes(value))
+    if isinstance(value, dict):
+        return {key: replace_blobs(item, blob) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [replace_blobs(item, blob) for item in value]
+    return value
 
 
 def warn(message: str) -> None:

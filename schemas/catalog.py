@@ -7,7 +7,9 @@ and closes it, which lets an analyst query between (or during the gaps of) long 
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import os
 import re
 import threading
 import time
@@ -83,6 +85,108 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
+class _ConnectionGate:
+    """The turns of one process's threads at one catalog file. DuckDB keeps one database instance per file and
+    process, and a connection with other settings (read-only, read-write, analyst) than the ones open is refused;
+    in a server, threads read, write and run analyst SQL at once. So connections of one kind share a turn, and a
+    thread that needs another kind waits, first come first served (readers arriving behind a waiting writer wait
+    too, so no kind starves), until ``lock_timeout``. A thread that already holds a turn of the same kind (a read
+    inside a read) goes on at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._kind: Any = None
+        self._open = 0
+        self._queue: collections.deque[object] = collections.deque()
+        self._held = threading.local()  # this thread's open connections of the current kind
+
+    def held_here(self) -> bool:
+        """Whether this thread has a connection open (a read inside a read must not wait for anyone)."""
+        return bool(getattr(self._held, "count", 0))
+
+    @contextlib.contextmanager
+    def turn(self, kind: Any, timeout: float, path: Path) -> Iterator[None]:
+        mine: int = getattr(self._held, "count", 0)
+        if mine and self._held.kind != kind:  # a different kind inside this thread's own turn: DuckDB refuses it
+            yield
+            return
+        with self._cond:
+            if mine:
+                self._open += 1
+            else:
+                self._wait_turn(kind, time.monotonic() + timeout, timeout, path)
+        self._held.count, self._held.kind = mine + 1, kind
+        try:
+            yield
+        finally:
+            self._held.count = mine
+            with self._cond:
+                self._open -= 1
+                if self._open == 0:
+                    self._kind = None
+                    self._cond.notify_all()
+
+    def _wait_turn(self, kind: Any, deadline: float, timeout: float, path: Path) -> None:
+        ticket = object()
+        self._queue.append(ticket)
+        try:
+            while self._queue[0] is not ticket or (self._open and self._kind != kind):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise CatalogLockedError(
+                        f"catalog {path} stayed busy with other connections of this process for more than "
+                        f"{timeout:.0f}s"
+                    )
+                self._cond.wait(left)
+            self._kind = kind
+            self._open += 1
+        finally:
+            self._queue.remove(ticket)
+            self._cond.notify_all()
+
+
+#: ``catalog.duckdb`` + this: the file a process that waits to write keeps fresh (its pid inside) while DuckDB's
+#: lock keeps it out. Readers in every process (a server's request threads above all: with many of them, one
+#: connection or another is always open, so the writer would never find the file free) open no new connection
+#: while it is fresh, so the open ones close, the lock is released, and the writer gets in within its next retry.
+WRITER_WAITING_SUFFIX = ".writer-waiting"
+#: A writer's intent older than this (seconds) is stale: its process died or gave up without removing the file.
+WRITER_INTENT_TTL = 2.0
+
+
+def _post_writer_intent(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.write_text(str(os.getpid()), encoding="ascii")
+
+
+def _withdraw_writer_intent(path: Path) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        if int(path.read_text(encoding="ascii") or 0) == os.getpid():
+            path.unlink()
+
+
+def _yield_to_writer(path: Path, deadline: float) -> None:
+    """Wait while another process's fresh writer intent is posted (at most until ``deadline``)."""
+    while time.monotonic() < deadline:
+        try:
+            posted = path.stat().st_mtime
+            if time.time() - posted > WRITER_INTENT_TTL or int(path.read_text(encoding="ascii") or 0) == os.getpid():
+                return
+        except (OSError, ValueError):
+            return
+        time.sleep(0.02)
+
+
+_GATES: dict[str, _ConnectionGate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _gate(path: Path) -> _ConnectionGate:
+    key = os.path.abspath(path)
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, _ConnectionGate())
+
+
 class Catalog:
     """Access to ``catalog.duckdb`` in a workspace. Cheap to create; connections are opened per operation."""
 
@@ -90,10 +194,23 @@ class Catalog:
         self.path = path
         self.lock_timeout = lock_timeout
 
+    @property
+    def _writer_waiting_path(self) -> Path:
+        return self.path.with_name(self.path.name + WRITER_WAITING_SUFFIX)
+
     def _connect(self, read_only: bool, config: dict[str, Any] | None = None) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.05
         waiting = False
+        try:
+            return self._connect_until(read_only, config, deadline, delay, waiting)
+        finally:
+            if not read_only:
+                _withdraw_writer_intent(self._writer_waiting_path)
+
+    def _connect_until(
+        self, read_only: bool, config: dict[str, Any] | None, deadline: float, delay: float, waiting: bool
+    ) -> duckdb.DuckDBPyConnection:
         while True:
             try:
                 return duckdb.connect(str(self.path), read_only=read_only, config=config or {})
@@ -114,14 +231,29 @@ class Catalog:
                         f"{f' (pid {holder.group(1)})' if holder else ''} ... up to {self.lock_timeout:.0f}s"
                     )
                     waiting = True
+                if not read_only:  # readers in every process hold back new connections until this one is in
+                    _post_writer_intent(self._writer_waiting_path)
                 time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                delay = min(delay * 2, 1.0 if read_only else 0.1)
+
+    @contextlib.contextmanager
+    def _opened(self, read_only: bool, config: dict[str, Any] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection for the length of the block, opened in this process's turn (:class:`_ConnectionGate`)."""
+        kind = (read_only, tuple(sorted((config or {}).items())))
+        gate = _gate(self.path)
+        if read_only and not gate.held_here():
+            _yield_to_writer(self._writer_waiting_path, time.monotonic() + self.lock_timeout)
+        with gate.turn(kind, self.lock_timeout, self.path):
+            con = self._connect(read_only, config)
+            try:
+                yield con
+            finally:
+                con.close()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One short write transaction: committed on success, rolled back on any exception."""
-        con = self._connect(read_only=False)
-        try:
+        with self._opened(read_only=False) as con:
             con.begin()
             try:
                 yield con
@@ -129,19 +261,14 @@ class Catalog:
                 con.rollback()
                 raise
             con.commit()
-        finally:
-            con.close()
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection (it cannot change the catalog, whatever SQL it runs)."""
         if not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run `refinery ingest` first")
-        con = self._connect(read_only=True)
-        try:
+        with self._opened(read_only=True) as con:
             yield con
-        finally:
-            con.close()
 
     def migrate(self) -> list[int]:
         """Apply every migration not yet applied, each in its own transaction; return the versions applied."""
@@ -182,11 +309,11 @@ class Catalog:
         other settings (DuckDB shares one database instance per file and process)."""
         if not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run `refinery ingest` first")
-        try:
-            con = self._connect(read_only=True, config=dict(ANALYST_SETTINGS))
-        except duckdb.ConnectionException as exc:  # the same file open in this process with other settings
-            raise CatalogError(f"cannot open catalog {self.path} for analyst SQL: {exc}") from exc
-        try:
+        with contextlib.ExitStack() as stack:
+            try:
+                con = stack.enter_context(self._opened(read_only=True, config=dict(ANALYST_SETTINGS)))
+            except duckdb.ConnectionException as exc:  # the same file open in this thread with other settings
+                raise CatalogError(f"cannot open catalog {self.path} for analyst SQL: {exc}") from exc
             names = list(ANALYST_SETTINGS)
             found = dict(
                 con.execute(
@@ -197,8 +324,6 @@ class Catalog:
             if wrong:  # a DuckDB that ignored a setting: refuse rather than run unlocked
                 raise CatalogError(f"DuckDB did not apply the analyst settings {wrong}: analyst SQL is disabled")
             yield con
-        finally:
-            con.close()
 
     @contextlib.contextmanager
     def analyst_cursor(self, sql: str, timeout: float | None = None) -> Iterator[AnalystCursor]:

@@ -3,14 +3,21 @@
 Library code reports progress through :func:`progress`; it never prints. Set ``REFINERY_PROGRESS=0`` to
 silence bars (tests, scripts); logs and bars always go to stderr so ``--json`` output stays clean. A bar counts
 items, or bytes with ``unit="bytes"`` (shown as kB, MB, GB).
+
+For programs that watch a command (the jobs of ``refinery serve``), ``REFINERY_PROGRESS_FILE=PATH`` also keeps
+the current bar's state in PATH as one JSON object (``description``, ``done``, ``total``, ``unit``, ``final``,
+``updated_at``), replaced atomically at most every half second and at the end of each bar, whether bars are
+shown or not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Literal, Protocol
 
 from rich.console import Console
@@ -111,6 +118,49 @@ class _LineTicker:
         _console.print(f"{self._description}: {done} in {elapsed:.0f}s{rate} {state}", highlight=False, soft_wrap=True)
 
 
+#: A file that holds the current bar's state as JSON, for a program that watches the command (see the docstring).
+PROGRESS_FILE_ENV = "REFINERY_PROGRESS_FILE"
+
+
+class _FileTicker:
+    """Passes every call on to the shown bar and keeps the bar's state in a JSON file (at most every ``every``
+    seconds, and at the end)."""
+
+    def __init__(self, path: Path, inner: Ticker, description: str, total: float | None, unit: Unit) -> None:
+        self._path = path
+        self._inner = inner
+        self._state: dict[str, object] = {"description": description, "done": 0.0, "total": total, "unit": unit}
+        self._last = 0.0
+
+    def advance(self, n: float = 1) -> None:
+        self._inner.advance(n)
+        self._state["done"] = float(self._state["done"]) + n  # type: ignore[arg-type]
+        self.write()
+
+    def set_description(self, text: str) -> None:
+        self._inner.set_description(text)
+        self._state["description"] = text
+        self.write()
+
+    def set_total(self, total: float | None) -> None:
+        self._inner.set_total(total)
+        self._state["total"] = total
+        self.write()
+
+    def write(self, final: bool = False, every: float = 0.5) -> None:
+        now = time.monotonic()
+        if not final and now - self._last < every:
+            return
+        self._last = now
+        state = {**self._state, "final": final, "updated_at": time.time()}
+        temporary = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        try:  # a watcher's convenience: never fail the command over it
+            temporary.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(temporary, self._path)
+        except OSError:
+            return
+
+
 def progress_enabled() -> bool:
     return os.environ.get("REFINERY_PROGRESS", "1") not in ("0", "false", "no")
 
@@ -118,7 +168,22 @@ def progress_enabled() -> bool:
 @contextlib.contextmanager
 def progress(description: str, total: float | None = None, unit: Unit = None) -> Iterator[Ticker]:
     """A progress bar on stderr: ``with progress("ingest", total=n) as bar: bar.advance()``; ``unit="bytes"``
-    shows the counts as sizes (``3.1 MB of 12.0 MB``) and the rate per second."""
+    shows the counts as sizes (``3.1 MB of 12.0 MB``) and the rate per second. With ``$REFINERY_PROGRESS_FILE``
+    set, its state is also kept in that file (see the module docstring)."""
+    sink = os.environ.get(PROGRESS_FILE_ENV)
+    if not sink:
+        with _bar(description, total, unit) as ticker:
+            yield ticker
+        return
+    with _bar(description, total, unit) as shown:
+        watched = _FileTicker(Path(sink), shown, description, total, unit)
+        watched.write(every=0.0)
+        yield watched
+        watched.write(final=True)
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: float | None, unit: Unit) -> Iterator[Ticker]:
     if not progress_enabled():
         yield _NullTicker()
         return

@@ -196,6 +196,10 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("review", "calibrate"): [],
     ("pii", "redact"): [],
     ("backup",): ["archive.tar.gz"],
+    ("serve",): ["--port", "0"],
+    ("token", "create"): ["--name", "ana", "--role", "viewer"],
+    ("token", "list"): [],
+    ("token", "revoke"): ["tok_0000000000000000"],
 }
 CREATING_OR_NO_WORKSPACE = {("ingest",), ("demo",), ("restore",), ("schema", "export"), ("review", "serve")}
 
