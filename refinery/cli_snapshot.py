@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from refinery.cli_context import cli_errors, current_workspace, load_config
-from refinery.output import JsonOpt, emit_json, print_facts, print_table, stdout
+from refinery.output import JsonOpt, emit_json, print_facts, print_snapshot, print_table, stdout
 
 SNAPSHOT_GROUP = "snapshot"
 
@@ -31,12 +31,7 @@ def snapshot_create(
         if as_json:
             emit_json(result.to_json())
         else:
-            facts = result.to_json()
-            effects = facts.pop("check_effects")
-            print_facts(facts, title="snapshot")
-            if effects:
-                rows = [{"check": check, **counts} for check, counts in effects.items()]
-                print_table(rows, title="what each check did (dropped_alone: no other check or rule would have)")
+            print_snapshot(result.to_json(), title="snapshot")
 
 
 @snapshot_app.command("list")

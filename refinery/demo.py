@@ -6,7 +6,7 @@ import time
 
 from rich.rule import Rule
 
-from refinery.output import print_facts, print_table, scan_table_rows, stderr, stdout
+from refinery.output import print_facts, print_snapshot, print_table, scan_table_rows, stderr, stdout
 from refinery.workspace import Workspace
 
 STEPS = 8
@@ -74,7 +74,7 @@ def run_demo(
     print_facts(test_batch.to_json())
     _done(t)
 
-    t = _step(4, "scan: the default checks (duplicates, near-duplicates, heuristics, PII, contamination)")
+    t = _step(4, "scan: the default checks (duplicates, heuristics, PII, contamination, embeddings, label issues)")
     scan = run_scan(ws.catalog)
     print_table(scan_table_rows(scan.checks), title=f"scan {scan.scan_id}")
     print_table(
@@ -89,7 +89,7 @@ def run_demo(
 
     t = _step(5, "snapshot: freeze the de-duplicated training records into splits")
     snap = create_snapshot(ws.catalog, ws.snapshots_dir)
-    print_facts(snap.to_json())
+    print_snapshot(snap.to_json())
     _done(t)
 
     t = _step(6, f"train a LoRA adapter ({max_steps} steps on CPU, 10% general conversations mixed in)")

@@ -114,6 +114,16 @@ def _cell(value: Any) -> str:
 SCAN_COLUMNS = ("clusters", "duplicates", "flagged", "conflicting_clusters", "threshold", "scope", "error")
 
 
+def print_snapshot(facts: dict[str, Any], title: str | None = None) -> None:
+    """A created snapshot (``SnapshotResult.to_json()``): its facts, then what each check did as a table."""
+    facts = dict(facts)
+    effects = facts.pop("check_effects", {})
+    print_facts(facts, title=title)
+    if effects:
+        rows = [{"check": check, **counts} for check, counts in effects.items()]
+        print_table(rows, title="what each check did (dropped_alone: no other check or rule would have)")
+
+
 def scan_table_rows(checks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per check with the columns of SCAN_COLUMNS that any check reports."""
     present = [c for c in SCAN_COLUMNS if any(c in summary for summary in checks.values())]
