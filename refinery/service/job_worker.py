@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from eval.registry import ACTOR_ENV  # read by actor(): every write that records who did it
 from refinery.service.jobs import (
     SERVER_STOPPED,
     Job,
@@ -45,7 +46,6 @@ from refinery.workspace import WORKSPACE_ENV, Workspace
 from schemas.errors import InputError
 from schemas.progress import PROGRESS_FILE_ENV
 
-ACTOR_ENV = "REFINERY_ACTOR"  # read by eval.registry.actor() and every write that records who did it
 LOG_NAME = "log.txt"
 PROGRESS_NAME = "progress.json"
 STDOUT_NAME = "stdout.json"

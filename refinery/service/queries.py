@@ -115,36 +115,18 @@ def job_detail(ws: Workspace, job_id: str) -> dict[str, Any]:
 
 
 def job_view(ws: Workspace, job: Any, log_lines: int = LOG_TAIL_LINES) -> dict[str, Any]:
-    """A job's row with ``progress`` (its ``progress.json``, or None) and ``log_tail`` (the last lines of its log)."""
+    """A job's row with ``progress`` (its ``progress.json``, or None) and ``log_tail`` (the last lines of its log,
+    as one text), read by the same functions as the jobs API (:mod:`refinery.service.job_worker`)."""
     from dataclasses import asdict
 
-    from refinery.service.jobs import job_folder
+    from refinery.service.job_worker import job_files, log_tail, read_progress
 
-    folder = job_folder(ws.root, job.job_id)
+    log, progress = job_files(ws.root, job.job_id)
     view = asdict(job)
     view.pop("pid", None)
-    view["progress"] = _read_json(folder / "progress.json")
-    view["log_tail"] = _tail(folder / "log.txt", log_lines) if log_lines else None
+    view["progress"] = read_progress(progress)
+    view["log_tail"] = "\n".join(log_tail(log, log_lines)) if log_lines else None
     return view
-
-
-def _read_json(path: Any) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _tail(path: Any, lines: int) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - 64 * 1024))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _limit(limit: int | None) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import threading
-import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -39,6 +38,7 @@ from refinery.service.models import (
     SqlOut,
 )
 from refinery.workspace import Workspace
+from schemas.progress import log
 
 _AUTH: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "No token, or a token that is unknown or revoked."},
@@ -156,8 +156,8 @@ def scan(request: Request, scan_id: str = Path(pattern=ID_PATTERN), principal: P
 def scan_report(
     request: Request, scan_id: str = Path(pattern=ID_PATTERN), principal: Principal = Depends(viewer)
 ) -> HTMLResponse:
-    """The self-contained HTML quality report of a complete scan (what `refinery report` writes), made from the
-    catalog as it is now; made once per catalog state and scan, then served from memory."""
+    """The self-contained HTML quality report of a complete scan (what `refinery report` writes), served from memory:
+    while the catalog changes it may be one render (a few seconds) behind."""
     ws = _ws(request)
     if queries.get_scan(ws.catalog, scan_id) is None:
         raise _not_found("scan", scan_id)
@@ -165,36 +165,56 @@ def scan_report(
 
 
 class _ReportCache:
-    """Rendered reports by scan, valid while the catalog files are unchanged (any write changes them); one render
-    per scan at a time. A request that waited for a render which started after it arrived takes that render: it
-    shows the catalog as it was at the request's arrival or later, so a scan job writing meanwhile does not make
-    every waiting request render again in turn."""
+    """Rendered reports by scan. A page is fresh while the catalog files are unchanged (any write changes them).
+    When they changed and a page exists, the request gets that page at once and one background thread renders the
+    new one (a report is at most one render, about 2 s of CPU, behind the catalog: a scan job writing every few
+    seconds does not make report requests wait); only a scan never rendered makes its requests wait, for one
+    render they share."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pages: dict[str, tuple[tuple[int, ...], float, str]] = {}  # key -> (catalog state, started, page)
-        self._rendering: dict[str, threading.Lock] = {}
+        self._pages: dict[str, tuple[tuple[int, ...], str]] = {}  # key -> (catalog state it was made at, page)
+        self._first: dict[str, threading.Lock] = {}  # key -> held while its first page is made
+        self._refreshing: set[str] = set()
 
     def page(self, ws: Workspace, scan_id: str) -> str:
         key = f"{ws.root}:{scan_id}"
-        arrived = time.monotonic()
+        state = catalog_state(ws.root)
         with self._lock:
-            render_lock = self._rendering.setdefault(key, threading.Lock())
-        with render_lock:
-            state = catalog_state(ws.root)
             cached = self._pages.get(key)
-            if cached is not None and (cached[0] == state or cached[1] >= arrived):
-                return cached[2]
-            from curation.report.collect import collect_report
-            from curation.report.page import render_html
-
-            started = time.monotonic()
-            text = render_html(collect_report(ws.catalog, scan_id))
+            if cached is not None:
+                if cached[0] != state and key not in self._refreshing:
+                    self._refreshing.add(key)
+                    threading.Thread(target=self._refresh, args=(ws, scan_id, key), daemon=True).start()
+                return cached[1]
+            first = self._first.setdefault(key, threading.Lock())
+        with first:
             with self._lock:
-                self._pages[key] = (state, started, text)
-                if len(self._pages) > 32:
-                    self._pages.pop(next(iter(self._pages)))
-            return text
+                cached = self._pages.get(key)
+            if cached is not None:  # made while this request waited
+                return cached[1]
+            return self._render(ws, scan_id, key)
+
+    def _render(self, ws: Workspace, scan_id: str, key: str) -> str:
+        from curation.report.collect import collect_report
+        from curation.report.page import render_html
+
+        state = catalog_state(ws.root)  # taken before reading: a write meanwhile makes the next request refresh
+        text = render_html(collect_report(ws.catalog, scan_id))
+        with self._lock:
+            self._pages[key] = (state, text)
+            if len(self._pages) > 32:
+                self._pages.pop(next(iter(self._pages)))
+        return text
+
+    def _refresh(self, ws: Workspace, scan_id: str, key: str) -> None:
+        try:
+            self._render(ws, scan_id, key)
+        except Exception as exc:  # the stale page stays; the next request after a write tries again
+            log(f"report of {scan_id}: refresh failed, serving the previous page: {exc}")
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
 
 _REPORTS = _ReportCache()

@@ -138,6 +138,32 @@ def argilla_ids(connection: Connection, dataset_name: str, workspace: str = "ref
     return sorted(str(r.id) for r in dataset.records())
 
 
+def annotator_queue(url: str, key: str, dataset_id: str) -> dict[str, str]:
+    """The annotator's own queue in a dataset: Refinery record id (Argilla's external id) -> Argilla record id."""
+    found = requests.post(
+        f"{url}/api/v1/me/datasets/{dataset_id}/records/search",
+        headers={"X-Argilla-Api-Key": key},
+        json={},
+        params={"limit": 100},
+        timeout=30,
+    )
+    found.raise_for_status()
+    return {str(item["record"]["external_id"]): str(item["record"]["id"]) for item in found.json()["items"]}
+
+
+def respond_as(url: str, key: str, dataset_id: str, answers: dict[str, dict[str, str]]) -> None:
+    """Submit ``answers`` (Refinery record id -> question values) from the annotator's own queue."""
+    queue = annotator_queue(url, key, dataset_id)
+    for record_id, values in answers.items():
+        response = requests.post(
+            f"{url}/api/v1/records/{queue[record_id]}/responses",
+            headers={"X-Argilla-Api-Key": key},
+            json={"values": {q: {"value": v} for q, v in values.items()}, "status": "submitted"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+
+
 def item_ids(catalog: Catalog, round_name: str, pushed_only: bool = False) -> list[str]:
     where = " AND pushed_at IS NOT NULL" if pushed_only else ""
     rows = catalog.query(f"SELECT record_id FROM review_items WHERE round_name = ?{where}", [round_name])

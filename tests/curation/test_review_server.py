@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from typer.testing import CliRunner
 
 from curation.review.connection import ReviewPaths, ReviewServerError, resolve_connection
@@ -25,30 +24,9 @@ from curation.review.push import push, push_round
 from curation.review.status import calibrate, status
 from refinery.cli import app
 from schemas.catalog import Catalog
-from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key, planted_workspace
+from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key, planted_workspace, respond_as
 
 pytestmark = NEEDS_SERVER
-
-
-def _respond(url: str, key: str, dataset_id: str, answers: dict[str, dict[str, str]]) -> None:
-    """Submit ``answers`` (Refinery record id -> question values) from the annotator's own queue."""
-    found = requests.post(
-        f"{url}/api/v1/me/datasets/{dataset_id}/records/search",
-        headers={"X-Argilla-Api-Key": key},
-        json={},
-        params={"limit": 100},
-        timeout=30,
-    )
-    found.raise_for_status()
-    by_external = {item["record"]["external_id"]: item["record"]["id"] for item in found.json()["items"]}
-    for record_id, values in answers.items():
-        response = requests.post(
-            f"{url}/api/v1/records/{by_external[record_id]}/responses",
-            headers={"X-Argilla-Api-Key": key},
-            json={"values": {q: {"value": v} for q, v in values.items()}, "status": "submitted"},
-            timeout=30,
-        )
-        assert response.status_code == 201, response.text
 
 
 def _counts(catalog: Catalog) -> dict[str, int]:
@@ -106,12 +84,12 @@ def answered_r1(review_env: ReviewEnv, round_r1: Any) -> dict[str, str]:
     dup, kept, wrong, right, pin = (named[k] for k in ("dup", "kept", "wrong", "right", "pin"))
     alice = annotator_key(url, owner, "alice", "refinery")
     bob = annotator_key(url, owner, "bob", "refinery")
-    _respond(url, alice, dataset_id, {
+    respond_as(url, alice, dataset_id, {
         dup: {"decision": "reject"}, kept: {"decision": "approve"}, right: {"decision": "approve"},
         wrong: {"decision": "edit", "corrected_response": "pending_top_up", "comment": "label was wrong"},
         pin: {"decision": "approve"},
     })  # fmt: skip
-    _respond(url, bob, dataset_id, {
+    respond_as(url, bob, dataset_id, {
         dup: {"decision": "reject"}, kept: {"decision": "approve"}, right: {"decision": "approve"},
         wrong: {"decision": "edit", "corrected_response": "pending_top_up"}, pin: {"decision": "reject"},
     })  # fmt: skip
@@ -306,7 +284,7 @@ def test_calibrate_budget_picks_a_threshold_the_team_can_review(review_env: Revi
         "Can I change my PIN?|change_pin": "approve",
         "Can I change my PIN?|pin_blocked": "reject",
     }
-    _respond(connection.api_url, alice, dataset_id, {ids[k]: {"decision": v} for k, v in verdicts.items()})
+    respond_as(connection.api_url, alice, dataset_id, {ids[k]: {"decision": v} for k, v in verdicts.items()})
     (pulled,) = _cli(ws, "review", "pull", "--round", "calib")["rounds"]
     assert pulled["new_decisions"] == 6
     records = catalog.scalar("SELECT count(*) FROM findings WHERE check_name = 'exact_prompt'")

@@ -10,7 +10,6 @@ screenshot and HTML are saved next to the test's tmp_path and named in the error
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +22,7 @@ from curation.review.connection import resolve_connection
 from curation.review.push import push
 from refinery.cli import app
 from tests.curation.review_support import NEEDS_SERVER, ReviewEnv, annotator_key
-from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
-from tests.support.require import require_module
+from tests.support.browser import saved_on_failure, selenium_chromium
 
 pytestmark = NEEDS_SERVER
 
@@ -35,33 +33,8 @@ ANNOTATOR, PASSWORD = "uma", "uma-pass-1234"
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium driven through /usr/bin/chromedriver (Selenium), with a fresh profile."""
-    require_module("selenium", "pip install -e '.[dev]'")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in chromium_args(tmp_path / "profile", "1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
+    with selenium_chromium(tmp_path / "profile") as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-@contextlib.contextmanager
-def saved_on_failure(driver: Any, folder: Path) -> Iterator[None]:
-    """On any failure, keep what the browser showed: failure.png and failure.html in ``folder``."""
-    try:
-        yield
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            driver.save_screenshot(str(folder / "failure.png"))
-            (folder / "failure.html").write_text(driver.page_source, encoding="utf-8")
-            exc.add_note(f"browser at {driver.current_url}; screenshot and page in {folder}")
-        raise
 
 
 def test_annotator_rejects_a_flagged_pair_in_the_web_ui(review_env: ReviewEnv, browser: Any, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ fails the gate (its eval set repeats training prompts) and a forced promotion. T
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +20,8 @@ import pytest
 
 from refinery.workspace import open_workspace
 from schemas.catalog import utcnow
-from tests.support.browser import CHROMEDRIVER, CHROMIUM, chromium_args, require_chromium
+from tests.support.browser import saved_on_failure, selenium_chromium
 from tests.support.cli import invoke_cli, run_cli
-from tests.support.require import require_module
 from tests.support.service import Service, running_service
 from tests.support.tiny_model import build_tiny_model, randomize_weights
 
@@ -111,33 +109,8 @@ def _wait_job(service: Service, job_id: str, timeout: float = 180.0) -> dict[str
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium driven through /usr/bin/chromedriver (Selenium), with a fresh profile."""
-    require_module("selenium", "pip install -e '.[dev]'")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service as DriverService
-
-    require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for arg in chromium_args(tmp_path / "profile", "1400,1000"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=DriverService(str(CHROMEDRIVER)), options=options)
-    try:
+    with selenium_chromium(tmp_path / "profile") as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-@contextlib.contextmanager
-def saved_on_failure(driver: Any, folder: Path) -> Iterator[None]:
-    """On any failure, keep what the browser showed: failure.png and failure.html in ``folder``."""
-    try:
-        yield
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            driver.save_screenshot(str(folder / "failure.png"))
-            (folder / "failure.html").write_text(driver.page_source, encoding="utf-8")
-            exc.add_note(f"browser at {driver.current_url}; screenshot and page in {folder}")
-        raise
 
 
 def _sign_in(driver: Any, wait: Any, token: str) -> None:

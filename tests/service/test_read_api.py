@@ -4,6 +4,7 @@ library it calls) says about the same catalog, and an unknown id is 404 with one
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -58,6 +59,18 @@ def test_scans_and_the_html_report(http: httpx.Client, chain: dict[str, Any]) ->
     assert "Refinery quality report" in page.text and chain["scan_id"] in page.text
     again = http.get(f"/scans/{chain['scan_id']}/report")  # served from memory while the catalog is unchanged
     assert again.text == page.text
+
+    # a write: the next request gets the page it had at once, and a background render replaces it soon after
+    run_cli(chain["ws"], "token", "create", "--name", "report-refresh", "--role", "viewer")
+    started = time.monotonic()
+    stale = http.get(f"/scans/{chain['scan_id']}/report")
+    assert stale.text == page.text  # not rendered for this request (a render stamps the time it was made)
+    while time.monotonic() - started < 60:
+        fresh = http.get(f"/scans/{chain['scan_id']}/report")
+        if fresh.text != page.text:
+            break
+        time.sleep(0.5)
+    assert fresh.text != page.text and "Refinery quality report" in fresh.text  # generated again (its timestamp)
 
 
 def test_adapters_registry_and_evals_match_the_cli(http: httpx.Client, chain: dict[str, Any]) -> None:

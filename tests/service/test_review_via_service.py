@@ -8,15 +8,16 @@ import json
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from curation.review.connection import ReviewPaths, resolve_connection
 from tests.curation.review_support import (
     NEEDS_SERVER,
     ReviewEnv,
     annotator_key,
+    annotator_queue,
     argilla_ids,
     item_ids,
+    respond_as,
     review_environment,
 )
 from tests.service.jobs_support import client, run_job
@@ -35,25 +36,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ReviewEnv
 
 def _approve_all(url: str, key: str, dataset_id: str) -> list[str]:
     """The annotator approves every record in its queue; the Refinery record ids it answered."""
-    found = requests.post(
-        f"{url}/api/v1/me/datasets/{dataset_id}/records/search",
-        headers={"X-Argilla-Api-Key": key},
-        json={},
-        params={"limit": 100},
-        timeout=30,
-    )
-    found.raise_for_status()
-    answered = []
-    for item in found.json()["items"]:
-        response = requests.post(
-            f"{url}/api/v1/records/{item['record']['id']}/responses",
-            headers={"X-Argilla-Api-Key": key},
-            json={"values": {"decision": {"value": "approve"}}, "status": "submitted"},
-            timeout=30,
-        )
-        assert response.status_code == 201, response.text
-        answered.append(str(item["record"]["external_id"]))
-    return sorted(answered)
+    queue = annotator_queue(url, key, dataset_id)
+    respond_as(url, key, dataset_id, {record_id: {"decision": "approve"} for record_id in queue})
+    return sorted(queue)
 
 
 def test_review_push_and_pull_run_as_jobs(served: tuple[ReviewEnv, Service]) -> None:
