@@ -321,6 +321,7 @@ def test_report_renders_in_headless_chromium(scanned: dict[str, Any], tmp_path: 
         assert state["sections"] == [
             "Summary",
             "Per-check counts",
+            "What the snapshots did with it",
             "Score histograms",
             "Duplicate clusters",
             "Embedding map",

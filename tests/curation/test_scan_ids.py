@@ -27,9 +27,10 @@ EARLIER_DEFAULT = (
 #: (checks, config) -> the scan id recorded before the regrouping.
 GOLDEN: list[tuple[list[str] | None, dict[str, dict[str, object]] | None, str]] = [
     (["exact"], None, "scan_86602825e7fb67a5"),
-    # the default checks: the embedding checks joined them in 2026-12 (a new default scan, on purpose: it runs more);
-    # the id of the earlier default set, named, is unchanged
-    (None, None, "scan_487d4cac8ceb6eee"),
+    # the default checks: the embedding checks joined them in 2026-12, then label_issue judged near-miss labels
+    # (max_label_edits): each a new default scan, on purpose (it finds more); the earlier default set, named, is
+    # unchanged
+    (None, None, "scan_e00035eac9fdde5b"),
     (list(EARLIER_DEFAULT), None, "scan_c8019f94bab097a8"),
     (["near_dup"], {"near_dup": {"scope": "prompt", "threshold": 0.8}}, "scan_53e6bd9331513553"),
     (["near_dup_prompt"], None, "scan_6701e4feb88c3737"),

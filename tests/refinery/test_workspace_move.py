@@ -260,7 +260,8 @@ def test_restore_refuses_an_archive_without_a_backup_manifest(tmp_path: Path) ->
 
 
 def _as_legacy(ws: Path) -> None:
-    """Rewrite the catalog as Refinery wrote it before migration 0008: absolute paths, and 0008 not applied."""
+    """Rewrite the catalog as Refinery wrote it before migration 0008: absolute paths, and 0008 not applied (the
+    later migrations' tables stay, recorded as applied: only 0008 runs again)."""
     con = duckdb.connect(str(ws / "catalog.duckdb"))
     tables = {"snapshots": "snapshot_id", "adapters": "adapter_id", "eval_runs": "eval_id"}
     tables["base_models"] = "base_model_id"
@@ -269,7 +270,7 @@ def _as_legacy(ws: Path) -> None:
             for ident, stored in con.execute(f"SELECT {id_col}, path FROM {table}").fetchall():
                 absolute = str(resolve_stored(stored, ws))
                 con.execute(f"UPDATE {table} SET path = ? WHERE {id_col} = ?", [absolute, ident])
-        con.execute("DELETE FROM schema_migrations WHERE version >= 8")
+        con.execute("DELETE FROM schema_migrations WHERE version = 8")
     finally:
         con.close()
 
