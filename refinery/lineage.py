@@ -43,7 +43,8 @@ def lineage(catalog: Catalog, identifier: str) -> dict[str, Any]:
             f"{identifier!r} is not an id Refinery knows "
             "(expected rec_, batch_, scan_, snap_, adp_, eval_ or promo_ prefix)"
         )
-    return builders[kind](catalog, identifier)
+    with catalog.reading():  # its many small reads share one connection and one state of the catalog
+        return builders[kind](catalog, identifier)
 
 
 def _one(catalog: Catalog, sql: str, params: list[Any], what: str) -> dict[str, Any]:

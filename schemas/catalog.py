@@ -177,6 +177,9 @@ def _yield_to_writer(path: Path, deadline: float) -> None:
         time.sleep(0.02)
 
 
+#: Per thread: the read connection a :meth:`Catalog.reading` block shares, by catalog path.
+_SHARED_READS = threading.local()
+
 _GATES: dict[str, _ConnectionGate] = {}
 _GATES_LOCK = threading.Lock()
 
@@ -264,11 +267,34 @@ class Catalog:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection (it cannot change the catalog, whatever SQL it runs)."""
+        """A read-only connection (it cannot change the catalog, whatever SQL it runs); inside :meth:`reading` in
+        this thread, the one connection that block holds."""
         if not self.path.exists():
             raise CatalogError(f"no catalog at {self.path}: run `refinery ingest` first")
+        shared = getattr(_SHARED_READS, "connections", {}).get(str(self.path))
+        if shared is not None:
+            yield shared
+            return
         with self._opened(read_only=True) as con:
             yield con
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Every read of this catalog in this thread inside the block shares one read-only connection: a task of
+        many small reads (a lineage tree) opens the file once and sees one state of it. Nothing may write the
+        catalog from this thread inside the block."""
+        connections: dict[str, duckdb.DuckDBPyConnection] = getattr(_SHARED_READS, "connections", None) or {}
+        _SHARED_READS.connections = connections
+        key = str(self.path)
+        if key in connections:
+            yield
+            return
+        with self.read() as con:
+            connections[key] = con
+            try:
+                yield
+            finally:
+                del connections[key]
 
     def migrate(self) -> list[int]:
         """Apply every migration not yet applied, each in its own transaction; return the versions applied."""

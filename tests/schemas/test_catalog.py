@@ -62,3 +62,27 @@ def test_lock_held_by_another_process_times_out_with_a_clear_error(tmp_path: Pat
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_reads_inside_reading_share_one_connection_and_one_state(tmp_path: Path) -> None:
+    catalog = Catalog(tmp_path / "catalog.duckdb")
+    catalog.migrate()
+    with catalog.write() as con:
+        con.execute("CREATE TABLE t (x INTEGER)")
+        con.execute("INSERT INTO t VALUES (1)")
+    with catalog.read() as first, catalog.read() as second:
+        assert first is not second  # each read opens its own connection
+    with catalog.reading():
+        with catalog.read() as first:
+            pass
+        with catalog.read() as second:
+            assert second is first  # still open: the block's one connection, not closed by the first read
+            assert second.execute("SELECT x FROM t").fetchall() == [(1,)]
+        assert Catalog(catalog.path).scalar("SELECT count(*) FROM t") == 1  # another Catalog of the same file too
+        with catalog.reading(), catalog.read() as nested:
+            assert nested is first  # a nested block changes nothing
+    with catalog.read() as after:
+        assert after is not first  # the block's connection was closed with it
+    with catalog.write() as con:  # and writes work again once it is over
+        con.execute("INSERT INTO t VALUES (2)")
+    assert catalog.scalar("SELECT count(*) FROM t") == 2
