@@ -82,6 +82,7 @@ def create_snapshot(
             },
         )
         excluded = dict(sorted(Counter(e.reason for e in selection.exclusions).items()))
+        effects = selection.check_effects()
         final = snapshots_dir / snapshot_id
         clean_staging(snapshots_dir)
         reused = final.exists()
@@ -92,8 +93,8 @@ def create_snapshot(
                 for split in SPLITS:
                     write_split(staging / f"{split}.parquet", selection.members[split])
                 manifest = _manifest(
-                    snapshot_id, policy, parent, scan_id, batches, selection, counts, excluded, contamination_summary,
-                    contamination,
+                    snapshot_id, policy, parent, scan_id, batches, selection, counts, excluded, effects,
+                    contamination_summary, contamination,
                 )  # fmt: skip
                 write_manifest(staging, manifest)
         bar.advance()
@@ -111,7 +112,7 @@ def create_snapshot(
         reused,
         excluded,
         contamination_summary["contaminated_eval_items"],
-        selection.check_effects(),
+        effects,
     )
 
 
@@ -128,6 +129,7 @@ def _manifest(
     selection: Selection,
     counts: dict[str, int],
     excluded: dict[str, int],
+    effects: dict[str, dict[str, int]],
     contamination_summary: dict[str, Any],
     contamination: list[dict[str, Any]],
 ) -> Manifest:
@@ -155,7 +157,7 @@ def _manifest(
             "basis": basis,
             "batches": batches,
             "review": review,
-            "check_effects": selection.check_effects(),
+            "check_effects": effects,
             "contamination": {**contamination_summary, "matches": contamination},
         },
     )

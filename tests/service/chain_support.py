@@ -19,7 +19,8 @@ def chat(user: str, assistant: str) -> str:
     return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
 
 
-def build_chain(root: Path) -> dict[str, Any]:
+def build_chain(root: Path, reason: str = "service test") -> dict[str, Any]:
+    """The chain in ``root``; ``reason`` is recorded with the forced promotion."""
     base = randomize_weights(build_tiny_model(root / "tiny"), scale=0.2)
     prompts = [f"{LABELS[i % 3]} case {i}" for i in range(40)]
     rows = [chat(p, LABELS[i % 3]) for i, p in enumerate(prompts)]
@@ -37,7 +38,7 @@ def build_chain(root: Path) -> dict[str, Any]:
     run_cli(ws, "ingest", str(root / "leaky.jsonl"), "--eval-set", "leaky")
     evaluated = invoke_cli(ws, "eval", "--adapter", adapter["adapter_id"], "--eval-set", "leaky", "--json")
     assert evaluated.exit_code == 1, evaluated.output  # the gate's 'fail'
-    promotion = run_cli(ws, "promote", adapter["adapter_id"], "--force", "--reason", "service test")
+    promotion = run_cli(ws, "promote", adapter["adapter_id"], "--force", "--reason", reason)
     return {
         "ws": ws,
         "batch_id": batch["batch_id"],

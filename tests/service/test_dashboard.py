@@ -10,7 +10,6 @@ fails the gate (its eval set repeats training prompts) and a forced promotion. T
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,42 +19,21 @@ import pytest
 
 from refinery.workspace import open_workspace
 from schemas.catalog import utcnow
+from tests.service.chain_support import build_chain
+from tests.service.jobs_support import client, submit, wait_job
 from tests.support.browser import saved_on_failure, selenium_chromium
-from tests.support.cli import invoke_cli, run_cli
 from tests.support.service import Service, running_service
-from tests.support.tiny_model import build_tiny_model, randomize_weights
 
 pytestmark = pytest.mark.slow
 
 WAIT = 60.0
-LABELS = ["alpha", "beta", "gamma"]
 HOSTILE = "<img src=x onerror=document.body.setAttribute('data-pwned',1)>"
-
-
-def _chat(user: str, assistant: str) -> str:
-    return json.dumps({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
 
 
 @pytest.fixture(scope="module")
 def workspace_ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("dashboard")
-    base = randomize_weights(build_tiny_model(root / "tiny"), scale=0.2)
-    prompts = [f"{LABELS[i % 3]} case {i}" for i in range(40)]
-    (root / "train.jsonl").write_text("".join(_chat(p, LABELS[i % 3]) + "\n" for i, p in enumerate(prompts)))
-    ws = root / "ws"
-    run_cli(ws, "ingest", str(root / "train.jsonl"))
-    scan = run_cli(ws, "scan", "--checks", "exact")
-    snap = run_cli(ws, "snapshot", "create")
-    (root / "train.yaml").write_text("batch_size: 8\nlearning_rate: 0.02\n")
-    args = ["--snapshot", snap["snapshot_id"], "--base-model", str(base), "--config", str(root / "train.yaml")]
-    adapter = run_cli(ws, "train", *args, "--max-steps", "3")
-    leaky = "".join(_chat(p.upper(), LABELS[i % 3]) + "\n" for i, p in enumerate(prompts[:12]))
-    (root / "leaky.jsonl").write_text(leaky)
-    run_cli(ws, "ingest", str(root / "leaky.jsonl"), "--eval-set", "leaky")
-    evaluated = invoke_cli(ws, "eval", "--adapter", adapter["adapter_id"], "--eval-set", "leaky", "--json")
-    assert evaluated.exit_code == 1, evaluated.output  # the gate's 'fail'
-    run_cli(ws, "promote", adapter["adapter_id"], "--force", "--reason", "dashboard test")
-    catalog = open_workspace(ws).catalog
+    chain = build_chain(tmp_path_factory.mktemp("dashboard"), reason="dashboard test")
+    catalog = open_workspace(chain["ws"]).catalog
     with catalog.write() as con:
         for name, url, dataset_id in (
             ("round-a", "http://argilla.example:6900", "3f1c2a"),
@@ -63,47 +41,20 @@ def workspace_ids(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ):
             con.execute(
                 "INSERT INTO review_rounds VALUES (?, ?, 'refinery', ?, ?, ?, NULL, 'exact', 1, 'majority', '{}', ?)",
-                [name, f"refinery-{name}", dataset_id, url, scan["scan_id"], utcnow()],
+                [name, f"refinery-{name}", dataset_id, url, chain["scan_id"], utcnow()],
             )
-    return {
-        "ws": ws,
-        "scan_id": scan["scan_id"],
-        "snapshot_id": snap["snapshot_id"],
-        "adapter_id": adapter["adapter_id"],
-        "eval_id": json.loads(evaluated.stdout)["eval_id"],
-    }
+    return {key: chain[key] for key in ("ws", "scan_id", "snapshot_id", "adapter_id", "eval_id")}
 
 
 @pytest.fixture(scope="module")
 def served(workspace_ids: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The server, with two finished jobs: a snapshot job that succeeded and one that failed."""
     with running_service(workspace_ids["ws"]) as service:
-        jobs = {}
-        for name, params in (("ok", {}), ("bad", {"parent": "snap_doesnotexist"})):
-            jobs[name] = _submit(service, "snapshot", params)
-        for job_id in jobs.values():
-            _wait_job(service, job_id)
+        with client(service, "engineer") as http:
+            jobs = {"ok": submit(http, "snapshot"), "bad": submit(http, "snapshot", parent="snap_doesnotexist")}
+            for job_id in jobs.values():
+                wait_job(http, job_id)
         yield {**workspace_ids, "service": service, "jobs": jobs}
-
-
-def _submit(service: Service, kind: str, params: dict[str, Any]) -> str:
-    answer = httpx.post(
-        f"{service.base_url}/jobs", json={"kind": kind, "params": params}, headers=service.headers("engineer")
-    )
-    assert answer.status_code == 202, answer.text
-    return str(answer.json()["job_id"])
-
-
-def _wait_job(service: Service, job_id: str, timeout: float = 180.0) -> dict[str, Any]:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        job: dict[str, Any] = httpx.get(f"{service.base_url}/jobs/{job_id}", headers=service.headers("viewer")).json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        assert time.monotonic() < deadline, f"job {job_id} still {job['state']}"
-        time.sleep(0.3)
 
 
 @pytest.fixture
@@ -173,10 +124,11 @@ def test_dashboard_in_chromium(served: dict[str, Any], browser: Any, tmp_path: P
 
         # the jobs table refreshes itself (its script runs under the page's CSP): a new job shows without a reload
         browser.execute_script("window.notReloaded = true;")
-        fresh = _submit(service, "snapshot", {})
-        wait.until(ec.text_to_be_present_in_element((By.ID, "jobs-table"), fresh))
-        assert browser.execute_script("return window.notReloaded === true;")
-        _wait_job(service, fresh)
+        with client(service, "engineer") as http:
+            fresh = submit(http, "snapshot")
+            wait.until(ec.text_to_be_present_in_element((By.ID, "jobs-table"), fresh))
+            assert browser.execute_script("return window.notReloaded === true;")
+            wait_job(http, fresh)
 
         # a job's page: state, error and log
         browser.find_element(By.LINK_TEXT, bad).click()
