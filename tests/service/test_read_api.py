@@ -65,7 +65,7 @@ def test_scans_and_the_html_report(http: httpx.Client, chain: dict[str, Any]) ->
     started = time.monotonic()
     stale = http.get(f"/scans/{chain['scan_id']}/report")
     assert stale.text == page.text  # not rendered for this request (a render stamps the time it was made)
-    while time.monotonic() - started < 60:
+    while time.monotonic() - started < 180:  # one render; minutes on a machine busy with other work
         fresh = http.get(f"/scans/{chain['scan_id']}/report")
         if fresh.text != page.text:
             break
