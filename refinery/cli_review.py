@@ -1,4 +1,4 @@
-"""`refinery review serve|stop|push|pull|status|calibrate`: human review in Argilla. Parsing and printing only."""
+"""`refinery review serve|stop|push|pull|status|calibrate|auto`: human review in Argilla. Parsing and printing only."""
 
 from __future__ import annotations
 
@@ -160,6 +160,41 @@ def calibrate(
             return
         for check, info in result["checks"].items():
             print_table(info["thresholds"], title=f"{check}: suggested threshold {info['suggested_threshold']}")
+
+
+@review_app.command("auto")
+def auto(
+    check: Annotated[str, typer.Option(help="The check whose flagged findings the policy acts on.")] = "label_issue",
+    min_score: Annotated[float, typer.Option("--min-score", help="Act on findings scoring at least this.")] = 0.7,
+    action: Annotated[
+        str, typer.Option(help="relabel (take the suggested label: a new record version) or reject.")
+    ] = "relabel",
+    scan: Annotated[str | None, typer.Option("--scan", help="Scan id (default: the latest complete scan).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decide by policy, without a human: relabel (or reject) the records a check flags at --min-score or above.
+
+    The decisions are stored like a reviewer's (source 'policy'); a human decision is never overridden.
+    """
+    with cli_errors():
+        from curation.review.auto import ACTIONS, apply_policy
+
+        if action not in ACTIONS:
+            raise UsageError(f"--action must be one of {', '.join(ACTIONS)}, got {action!r}")
+        result = apply_policy(
+            current_workspace().catalog,
+            check=check,
+            min_score=min_score,
+            action=action,
+            scan_id=scan,
+        ).to_json()
+        if as_json:
+            emit_json(result)
+            return
+        changes = result.pop("changes")
+        print_facts(result, title=f"review auto: {result['actor']}")
+        if changes:
+            print_table([{"change": k, "records": v} for k, v in changes.items()], title="most frequent changes")
 
 
 def register(app: typer.Typer) -> None:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from curation.ingest.store import BatchStore, Chunk
 from curation.review.connection import Connection, ReviewError
 from curation.review.push import DECISIONS, POLICIES, load_items, queue_round
+from curation.review.versions import write_versions
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
-from schemas.ids import artifact_id, canonical_json, sha256_text
+from schemas.ids import canonical_json, sha256_text
 from schemas.progress import log, progress
-from schemas.records import BatchPurpose, IngestBatch, Message, Record, Role
+from schemas.records import Message, Record, Role
 
 PAGE = 500
 
@@ -258,22 +258,11 @@ def _write_edit_records(catalog: Catalog, round_row: dict[str, Any], edits: list
         )
     }
     versions = {e.record_id: _edited_record(originals[e.record_id], e.corrected or "", round_name) for e in edits}
-    pairs = sorted((orig, rec.record_id) for orig, rec in versions.items())
     source = f"argilla:{round_row['api_url']}/dataset/{round_row['argilla_dataset_id']}"
-    files = [{"path": source, "round": round_name, "records": len(pairs)}]
-    batch_id = artifact_id("batch", {"review_round": round_name, "edits": pairs})
-    store = BatchStore(catalog, batch_id)
-    batch = IngestBatch(
-        batch_id=batch_id, name=f"review:{round_name}", purpose=BatchPurpose.TRAIN, format="argilla-edit",
-        files=[source], config={"review_round": round_name, "edits": len(pairs)},
+    return write_versions(
+        catalog, versions, key={"review_round": round_name}, name=f"review:{round_name}", fmt="argilla-edit",
+        source=source,
     )  # fmt: skip
-    if store.begin(batch, files) is None:
-        chunk = Chunk(file=source, format="argilla-edit")
-        for row, (orig, _) in enumerate(pairs, start=1):
-            chunk.add_record(row, 0, versions[orig])
-        store.write_chunk(chunk)
-        store.finish(rows_read=len(pairs), ingested=len(pairs), quarantined=0, files=files)
-    return {orig: new for orig, new in pairs}
 
 
 def _write_outcomes(

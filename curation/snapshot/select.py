@@ -144,6 +144,15 @@ def _decision_causes(check_names: str | None) -> tuple[Cause, ...]:
     return tuple(Cause(name) for name in names)
 
 
+def _unresolved(blocks: list[Cause], decision: tuple[Any, ...] | None) -> list[Cause]:
+    """The blocking flags a record still has: an automatic edit (``review auto``: a relabel by the label check's
+    suggestion) resolves the flags of the checks it acted on, and no other (a human approval resolves all)."""
+    if decision is None or decision[6] != "policy" or decision[2] != "edit":
+        return blocks
+    acted_on = {c.check_name for c in _decision_causes(decision[7])}
+    return [c for c in blocks if c.check_name not in acted_on]
+
+
 def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Selection:
     """Apply the policy to the catalog (:mod:`curation.snapshot.policy`); assign splits."""
     data = _fetch(catalog, scan_id, policy)
@@ -191,9 +200,9 @@ def select_records(catalog: Catalog, scan_id: str, policy: SnapshotPolicy) -> Se
             if not (approved and policy.approval_restores_near_duplicates and check != "exact"):
                 cause = (Cause(check, None, kept),)
                 exclusion = Exclusion(rid, "duplicate", f"{check} duplicate of {kept}", None, cause)
-        elif blocks.get(rid) and not approved:
-            flagged_by = ", ".join(f"{c.check_name} ({c.score:.3g})" for c in blocks[rid])
-            exclusion = Exclusion(rid, "held_back", f"flagged by {flagged_by}, not approved", None, tuple(blocks[rid]))
+        elif (blocking := _unresolved(blocks.get(rid, []), decision)) and not approved:
+            flagged_by = ", ".join(f"{c.check_name} ({c.score:.3g})" for c in blocking)
+            exclusion = Exclusion(rid, "held_back", f"flagged by {flagged_by}, not approved", None, tuple(blocking))
         if exclusion is None and decision is not None and decision[2] == "edit":
             new_id = decision[3]
             if new_id in forgotten:

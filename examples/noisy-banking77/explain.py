@@ -2,9 +2,12 @@
 
 Usage: python explain.py WORKSPACE SNAPSHOT_ID TRUTH_CSV [--json OUT]
 
-Reads the catalog (``snapshot_exclusion_causes``, ``snapshot_check_effects``) and damage.py's truth.csv (records are
-matched to truth rows by their user text and answer). Prints, per check, how many records it kept out and of which
-kind (flipped, near_dup_copy, truncated, clean), and what is left in the snapshot's train and validation splits.
+Reads the catalog (``snapshot_exclusion_causes``, ``snapshot_members``) and damage.py's truth.csv (records are matched
+to truth rows by their user text and answer). Prints, per check, how many records it kept out and of which kind
+(flipped, near_dup_copy, truncated, clean); what is left in the snapshot's train and validation splits, by the kind of
+the ingested record (a member relabelled by `refinery review auto` counts under its original); how many members were
+relabelled, to the true intent or not; and how many members' answers are not their true intent (the label noise the
+adapter trains on).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     with args.truth_csv.open(newline="", encoding="utf-8") as f:
-        truth = {(r["text"], r["category"]): r["damage"] for r in csv.DictReader(f)}
+        truth = {(r["text"], r["category"]): r for r in csv.DictReader(f)}
     catalog = Catalog(args.workspace / "catalog.duckdb")
     with catalog.read() as con:
         records = con.execute(
@@ -39,25 +42,44 @@ def main() -> None:
             "SELECT record_id, check_name FROM snapshot_exclusion_causes WHERE snapshot_id = ?", [args.snapshot_id]
         ).fetchall()
         members = con.execute(
-            "SELECT record_id FROM snapshot_members WHERE snapshot_id = ?", [args.snapshot_id]
+            "SELECT m.record_id, coalesce(m.original_record_id, m.record_id), r.messages_json, m.basis "
+            "FROM snapshot_members m JOIN records r USING (record_id) WHERE m.snapshot_id = ?",
+            [args.snapshot_id],
         ).fetchall()
     kind_of: dict[str, str] = {}
+    true_of: dict[str, str] = {}
     for record_id, messages_json in records:
         messages = json.loads(messages_json)
-        kind_of[record_id] = truth.get((messages[0]["content"], messages[-1]["content"]), "unknown")
+        key = (messages[0]["content"], messages[-1]["content"])
+        kind_of[record_id] = truth[key]["damage"] if key in truth else "unknown"
+        true_of[record_id] = truth[key]["true_category"] if key in truth else ""
+    relabelled: Counter[str] = Counter()
+    wrong = 0
+    for record_id, original, messages_json, basis in members:
+        answer = json.loads(messages_json)[-1]["content"]
+        right = answer == true_of.get(original)
+        wrong += not right
+        if record_id != original and basis == "edited":
+            relabelled[f"{kind_of.get(original, 'unknown')}, {'to the true intent' if right else 'wrongly'}"] += 1
     by_check: dict[str, Counter[str]] = defaultdict(Counter)
     for record_id, check in causes:
         by_check[check][kind_of.get(record_id, "unknown")] += 1
     out = {
         "ingested": dict(Counter(kind_of.values())),
-        "kept": dict(Counter(kind_of.get(r, "unknown") for (r,) in members)),
+        "kept": dict(Counter(kind_of.get(original, "unknown") for _, original, _, _ in members)),
         "dropped_by_check": {check: dict(counts) for check, counts in sorted(by_check.items())},
+        "relabelled": dict(sorted(relabelled.items())),
+        "members": len(members),
+        "members_not_their_true_intent": wrong,
     }
     print(f"{'':16}" + "".join(f"{k:>15}" for k in KINDS))
     for name, counts in [("ingested", out["ingested"]), ("in snapshot", out["kept"])] + [
         (f"out: {check}", counts) for check, counts in out["dropped_by_check"].items()
     ]:
         print(f"{name:16}" + "".join(f"{counts.get(k, 0):>15}" for k in KINDS))
+    for what, n in out["relabelled"].items():
+        print(f"relabelled: {what}: {n}")
+    print(f"members whose answer is not their true intent: {wrong} of {len(members)} ({wrong / len(members):.1%})")
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
 

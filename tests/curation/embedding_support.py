@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from curation.checks.spec import ScanRecord
 from curation.similarity.exact import KeepRank
+from schemas.catalog import Catalog
+from tests.curation.ingest_support import run, write_lines
 
 CARD = [
     "When will my new card arrive?",
@@ -34,3 +38,21 @@ RATE = [
 def rec(i: int, prompt: str, response: str, label: str | None = None) -> ScanRecord:
     rid = f"rec_{i:04d}"
     return ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, ("2026-01-01T00:00:00.000000", i, 0), rid))
+
+
+#: An exchange-rate question filed under card_arrival: the planted label error.
+MISFILED = "What exchange rate will I get when I pay in Swiss francs?"
+
+
+def banking_like(catalog: Catalog, tmp_path: Path) -> dict[str, str]:
+    """Ingest the two intents as banking77 rows (text, category) with the misfiled query and one query under two
+    intents; returns the query -> its record id."""
+    rows = [{"text": p, "category": "card_arrival"} for p in CARD]
+    rows += [{"text": p, "category": "exchange_rate"} for p in RATE]
+    rows += [{"text": MISFILED, "category": "card_arrival"}]
+    rows += [{"text": "Has my top up gone through?", "category": "pending_top_up"}]
+    rows += [{"text": "Has my top-up gone through?", "category": "top_up_reverted"}]
+    run(catalog, [write_lines(tmp_path / "b.jsonl", rows)], mapping={"text": "user", "category": "assistant"},
+        template="intent")  # fmt: skip
+    found = catalog.query("SELECT record_id, prompt FROM records")
+    return {r["prompt"].rsplit(": ", 1)[-1]: r["record_id"] for r in found}  # the query -> its record

@@ -19,12 +19,9 @@ from curation.checks.spec import CheckContext, ScanRecord
 from curation.report.collect import collect_report
 from curation.review.push import load_items, queue_round, select_items, suggestions
 from schemas.catalog import Catalog
-from tests.curation.embedding_support import CARD, RATE, rec
-from tests.curation.ingest_support import run, write_lines
+from tests.curation.embedding_support import CARD, MISFILED, RATE, banking_like, rec
+from tests.curation.ingest_support import run
 from tests.support.require import require_module
-
-#: An exchange-rate question filed under card_arrival: the planted label error.
-MISFILED = "What exchange rate will I get when I pay in Swiss francs?"
 
 
 def intents(with_label_column: bool) -> list[ScanRecord]:
@@ -111,20 +108,8 @@ def test_a_truncated_or_misspelt_label_is_flagged_as_a_near_miss_of_the_label_it
 # ------------------------------------------------------------------------------------------ the default scan
 
 
-def _banking_like(catalog: Catalog, tmp_path: Path) -> dict[str, str]:
-    rows = [{"text": p, "category": "card_arrival"} for p in CARD]
-    rows += [{"text": p, "category": "exchange_rate"} for p in RATE]
-    rows += [{"text": MISFILED, "category": "card_arrival"}]
-    rows += [{"text": "Has my top up gone through?", "category": "pending_top_up"}]
-    rows += [{"text": "Has my top-up gone through?", "category": "top_up_reverted"}]
-    run(catalog, [write_lines(tmp_path / "b.jsonl", rows)], mapping={"text": "user", "category": "assistant"},
-        template="intent")  # fmt: skip
-    rows = catalog.query("SELECT record_id, prompt FROM records")
-    return {r["prompt"].rsplit(": ", 1)[-1]: r["record_id"] for r in rows}  # the query -> its record
-
-
 def test_default_scan_runs_the_embedding_checks_and_lists_every_conflict(catalog: Catalog, tmp_path: Path) -> None:
-    ids = _banking_like(catalog, tmp_path)
+    ids = banking_like(catalog, tmp_path)
     result = run_scan(catalog)
     assert set(result.checks) == set(DEFAULT_CHECKS)
     for name in ("outlier", "inconsistency", "semantic_dup", "label_issue"):
@@ -162,7 +147,7 @@ def test_default_scan_runs_the_embedding_checks_and_lists_every_conflict(catalog
 def test_without_the_embed_extra_the_default_scan_says_so_and_runs_the_rest(
     catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    _banking_like(catalog, tmp_path)
+    banking_like(catalog, tmp_path)
     embedding = [n for n in DEFAULT_CHECKS if CHECKS[n].needs.embedding_model]
     assert embedding == ["outlier", "inconsistency", "semantic_dup", "label_issue"]
     missing = Needs(embedding_model=True, modules=("refinery_no_such_module",), extra="embed")
@@ -255,7 +240,7 @@ def test_argilla_receives_the_suggested_label(
 
     if not (server_venv() / "bin" / "python").exists():
         missing("argilla-server venv missing (make install creates it)")
-    ids = _banking_like(catalog, tmp_path)
+    ids = banking_like(catalog, tmp_path)
     scan = run_scan(catalog)
     with review_environment(tmp_path_factory.mktemp("argilla")) as env:
         key = json.loads(ReviewPaths(env.ws).credentials.read_text())["api_key"]
