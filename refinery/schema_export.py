@@ -31,15 +31,17 @@ def scan_config_model() -> type[BaseModel]:
     """The model of a `refinery scan --config` file: check name -> that check's options (only checks that take
     options; an unknown name is an error, as in the scan itself)."""
     from curation.checks.registry import check_configs
+    from curation.executors import ExecutorConfig
 
     fields: dict[str, tuple[object, object]] = {
         name: (model | None, Field(default=None, description=" ".join((model.__doc__ or name).split())))
         for name, model in sorted(check_configs().items())
     }
+    fields["executor"] = (ExecutorConfig | None, Field(default=None, description=ExecutorConfig.__doc__))
     model: type[BaseModel] = create_model(  # type: ignore[call-overload]
         "ScanConfig",
         __config__=ConfigDict(extra="forbid"),
-        __doc__="`refinery scan --config FILE`: options per check (docs/CHECKS.md).",
+        __doc__="`refinery scan --config FILE`: options per check (docs/CHECKS.md), and the executor (docs/SCALE.md).",
         **fields,
     )
     return model

@@ -32,6 +32,7 @@ SPEC = CheckSpec(
     "empty_response",
     check_empty_response,
     higher_score="1.0: the response has no visible character; 0.0: it has",
+    shard_summary={"max_score": "max", "prompt_only": "sum"},
     default=True,
     blocks_snapshot=True,
 )

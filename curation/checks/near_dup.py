@@ -75,7 +75,10 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
     texts = ScopeTexts(records, config.scope)
     shingles = ShingleRuns()  # the sets of the records sketched now, so verification does not shingle them again
     collect = functools.partial(ShingleRuns.add, shingles)
-    lookup = signatures_for(ctx.catalog, ids, texts, config.minhash_params(), config.scope, on_shingles=collect)
+    lookup = signatures_for(
+        ctx.catalog, ids, texts, config.minhash_params(), config.scope, on_shingles=collect,
+        executor=ctx.executor, stage=f"{SCOPE_CHECKS[config.scope]}:sketch",
+    )  # fmt: skip
     sketched_at = time.monotonic()
     ranks = {r.record_id: r.rank for r in records}
     prefix = {"pair": "nd_", "prompt": "ndp_", "response": "ndr_"}[config.scope]

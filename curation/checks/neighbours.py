@@ -64,7 +64,7 @@ def field_vectors(
         texts = [r.prompt if field == "prompt" else r.response for r in records]
         stats: list[EmbedStats] = []
         cache = embeddings_dir(ctx.catalog) if ctx.catalog is not None else None
-        return embed_texts(texts, model, cache, field, stats=stats), stats[0]
+        return embed_texts(texts, model, cache, field, stats=stats, executor=ctx.executor), stats[0]
 
     key = ("vec", model_id(model), field, _ids_hash(records), str(ctx.catalog.path if ctx.catalog else ""))
     if key in _MEMO:  # computed earlier in this process (another check of the same scan): nothing embedded now

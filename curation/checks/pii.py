@@ -325,6 +325,7 @@ SPEC = CheckSpec(
     check_pii,
     higher_score="a more likely real piece of personal data or a secret (the best match's fixed score)",
     config=PiiConfig,
+    shard_summary={"threshold": "same", "kinds": "sum"},
     default=True,
     blocks_snapshot=True,
 )

@@ -99,5 +99,6 @@ SPEC = CheckSpec(
     check_refusal,
     higher_score="a stronger refusal or AI disclaimer, nearer the start of the response",
     config=RefusalConfig,
+    shard_summary={"max_score": "max", "threshold": "same"},
     default=True,
 )

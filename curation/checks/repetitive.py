@@ -72,5 +72,6 @@ SPEC = CheckSpec(
     check_repetitive,
     higher_score="more of the response repeats itself",
     config=RepetitiveConfig,
+    shard_summary={"max_score": "max", "threshold": "same"},
     default=True,
 )

@@ -10,6 +10,7 @@ killed half-way is redone cleanly.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -22,9 +23,10 @@ from pydantic import BaseModel
 from rich.markup import escape
 
 from curation.checks.registry import CHECKS, default_checks, resolve_checks
-from curation.checks.spec import CheckContext, CheckOutput, ContractError, ScanError, ScanRecord
+from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, ContractError, ScanError, ScanRecord
 from curation.checks.store import delete_scan_rows, store_check
 from curation.embeddings.model import model_id
+from curation.executors import Executor, ExecutorConfig, ExecutorError, open_executor, shards_of
 from curation.similarity.eval_match import eval_items_hash
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
@@ -111,8 +113,71 @@ def enforce_contract(name: str, records: Sequence[ScanRecord], output: CheckOutp
             raise ContractError(f"check {name} scored the pair {p.record_a}, {p.record_b} {p.score!r}")
 
 
+def _run_shard(spec: CheckSpec, config: BaseModel | None, shard: Sequence[ScanRecord]) -> CheckOutput:
+    """One shard of a per-record check (on a worker: no catalog)."""
+    return spec.run(shard, CheckContext(None, config))
+
+
+def join_summaries(how: dict[str, str], summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' summaries of a per-record check joined as its spec's ``shard_summary`` says."""
+    joined: dict[str, Any] = {}
+    for key in sorted({k for s in summaries for k in s}):
+        values = [s[key] for s in summaries if key in s]
+        rule = how.get(key)
+        if rule == "max":
+            joined[key] = max(values)
+        elif rule == "same":
+            if any(v != values[0] for v in values):
+                raise ContractError(f"summary key {key!r} differs between shards: {values[:3]}")
+            joined[key] = values[0]
+        elif rule == "sum" and all(isinstance(v, dict) for v in values):
+            counts: dict[str, Any] = {}
+            for value in values:
+                for k, v in value.items():
+                    counts[k] = counts.get(k, 0) + v
+            joined[key] = dict(sorted(counts.items()))
+        elif rule == "sum":
+            joined[key] = sum(values)
+        else:
+            raise ContractError(f"summary key {key!r} has no shard rule (CheckSpec.shard_summary)")
+    return joined
+
+
+def _stage_stats(executor: Executor, before: dict[str, int]) -> dict[str, Any]:
+    """What the executor measured of the stages that ran tasks since ``before`` (stage -> tasks then): the check
+    itself when sharded, its sketch, its embedding."""
+    stages = {stage: stats.to_json() for stage, stats in executor.stats.items() if stats.tasks > before.get(stage, 0)}
+    return {"kind": executor.kind, "stages": stages}
+
+
+def run_check(
+    name: str, records: Sequence[ScanRecord], catalog: Catalog, config: BaseModel | None, executor: Executor
+) -> CheckOutput:
+    """``name`` over ``records``: on shards on the executor when the check is per-record and the executor is not
+    this process; else at once, with the executor in its context for the stages it distributes itself."""
+    spec = CHECKS[name]
+    if spec.shard_summary is None or executor.kind == "local":
+        return spec.run(records, CheckContext(catalog, config, executor))
+    shards = shards_of(records, executor_shard_records(executor))
+    task = functools.partial(_run_shard, spec, config)
+    outputs = list(executor.map(task, [list(shard) for shard in shards], stage=name))
+    return CheckOutput(
+        findings=[f for out in outputs for f in out.findings],
+        pairs=[p for out in outputs for p in out.pairs],
+        summary=join_summaries(dict(spec.shard_summary), [out.summary for out in outputs]),
+    )
+
+
+def executor_shard_records(executor: Executor) -> int:
+    config = getattr(executor, "config", None)
+    return config.shard_records if isinstance(config, ExecutorConfig) else ExecutorConfig().shard_records
+
+
 def run_scan(
-    catalog: Catalog, checks: Sequence[str] | None = None, config: dict[str, dict[str, Any]] | None = None
+    catalog: Catalog,
+    checks: Sequence[str] | None = None,
+    config: dict[str, dict[str, Any]] | None = None,
+    executor: ExecutorConfig | None = None,
 ) -> ScanResult:
     """Run ``checks`` (with per-check ``config``, e.g. ``{"near_dup": {"threshold": 0.8}}``) over the records.
 
@@ -121,14 +186,24 @@ def run_scan(
     ``refinery[embed]``) is left out of it with one logged line and a ``skipped`` entry in the scan summary; a check
     named in ``checks`` fails the scan instead (:func:`~curation.checks.registry.resolve_checks`).
 
+    ``executor`` says where the heavy stages run (:mod:`curation.executors`: this process, or a Ray cluster); it is
+    not part of the scan's id, because it does not change the result (tests/curation/test_scan_on_ray.py). A stage
+    that cannot finish on it (:class:`~curation.executors.ExecutorError`) fails the whole scan and leaves nothing of
+    it in the catalog.
+
     One scan at a time per catalog: a second process waits (and says so) until the first is done, then reuses
     its result when it is the same scan.
     """
     with step_lock(catalog.path, "scan"):
-        return _run_scan(catalog, checks, config)
+        return _run_scan(catalog, checks, config, executor)
 
 
-def _run_scan(catalog: Catalog, checks: Sequence[str] | None, config: dict[str, dict[str, Any]] | None) -> ScanResult:
+def _run_scan(
+    catalog: Catalog,
+    checks: Sequence[str] | None,
+    config: dict[str, dict[str, Any]] | None,
+    executor_config: ExecutorConfig | None,
+) -> ScanResult:
     left_out: dict[str, str] = {}
     if checks is None:
         checks, left_out = default_checks(config)
@@ -154,21 +229,31 @@ def _run_scan(catalog: Catalog, checks: Sequence[str] | None, config: dict[str, 
             [scan_id, canonical_json(config_of_scan), len(records), utcnow()],
         )
     summary: dict[str, dict[str, Any]] = {name: {"skipped": why} for name, why in left_out.items()}
-    with progress("scan", total=len(names)) as bar:
-        for name in names:
-            bar.set_description(f"scan: {name}")
-            try:
-                output = CHECKS[name].run(records, CheckContext(catalog, resolved[name]))
-                enforce_contract(name, records, output)
-            except Exception as exc:  # one broken check must not sink the scan
-                summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
-                log(f"[red]check {name} failed[/red]: {exc}")
+    try:
+        with open_executor(executor_config) as executor, progress("scan", total=len(names)) as bar:
+            for name in names:
+                bar.set_description(f"scan: {name}")
+                tasks_before = {stage: stats.tasks for stage, stats in executor.stats.items()}
+                try:
+                    output = run_check(name, records, catalog, resolved[name], executor)
+                    enforce_contract(name, records, output)
+                except ExecutorError:
+                    raise
+                except Exception as exc:  # one broken check must not sink the scan
+                    summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
+                    log(f"[red]check {name} failed[/red]: {exc}")
+                    bar.advance()
+                    continue
+                store_check(catalog, scan_id, name, output)
+                flagged = sum(f.flagged for f in output.findings)
+                summary[name] = {**output.summary, "flagged": flagged}
+                if executor.kind != "local":
+                    summary[name]["executor"] = _stage_stats(executor, tasks_before)
                 bar.advance()
-                continue
-            store_check(catalog, scan_id, name, output)
-            flagged = sum(f.flagged for f in output.findings)
-            summary[name] = {**output.summary, "flagged": flagged}
-            bar.advance()
+    except ExecutorError:
+        with catalog.write() as con:
+            delete_scan_rows(con, scan_id)
+        raise
     with catalog.write() as con:
         con.execute(
             "UPDATE scans SET status = 'complete', summary_json = ?, finished_at = ? WHERE scan_id = ?",

@@ -12,13 +12,16 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
 from curation.similarity.exact import DuplicateCluster, KeepRank
 from schemas.catalog import Catalog
 from schemas.errors import InputError
+
+if TYPE_CHECKING:
+    from curation.executors import Executor
 
 
 class ScanError(InputError):
@@ -89,6 +92,7 @@ class CheckContext:
 
     catalog: Catalog | None = None
     config: BaseModel | None = None
+    executor: Executor | None = None  # where its heavy stages may run (None: this process)
 
 
 CheckFn = Callable[[Sequence[ScanRecord], CheckContext], CheckOutput]
@@ -126,6 +130,10 @@ class CheckSpec:
     needs: Needs = field(default_factory=Needs)
     preset: Mapping[str, Any] = field(default_factory=dict)  # config values its name implies
     rename: Callable[[str, BaseModel], str] | None = None  # the name its results go under, given its config
+    # A record's finding depends on that record alone, so the scan may run the check on shards of the records (on
+    # the executor) and join the findings in order: how each key of the shards' summaries joins ("sum" of counts,
+    # including dicts of counts; "max"; "same": equal in every shard). None: the check needs every record at once.
+    shard_summary: Mapping[str, Literal["sum", "max", "same"]] | None = None
 
     def with_function(self, run: CheckFn) -> CheckSpec:
         """The same spec running another function (tests replace a check's code, never its declaration)."""

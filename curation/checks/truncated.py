@@ -206,5 +206,6 @@ SPEC = CheckSpec(
     check_truncated,
     higher_score="a stronger sign that the response was cut off",
     config=TruncatedConfig,
+    shard_summary={"max_score": "max", "threshold": "same", "signals": "sum"},
     default=True,
 )

@@ -5,12 +5,14 @@ hash in append-only, self-verifying shards (docs/EMBEDDINGS.md: the shard format
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +21,9 @@ from curation.embeddings.model import EmbeddingError, model_id
 from schemas.atomic import write_bytes_atomic
 from schemas.catalog import Catalog
 from schemas.progress import log
+
+if TYPE_CHECKING:
+    from curation.executors import Executor
 
 #: Fields of a record that can be embedded.
 FIELDS = ("prompt", "response")
@@ -179,6 +184,7 @@ def embed_texts(
     field: str = "text",
     compute_missing: bool = True,
     stats: list[EmbedStats] | None = None,
+    executor: Executor | None = None,
 ) -> np.ndarray:
     """L2-normalised float32 embeddings of ``texts`` (one row per text, in order).
 
@@ -186,6 +192,10 @@ def embed_texts(
     stored there (in chunks of :data:`WRITE_CHUNK`, each shard atomic). Identical texts are embedded once.
     With ``compute_missing=False`` nothing is embedded and rows not in the cache are all zeros (never an error:
     callers test ``np.any(row)``). ``stats``, when given, receives one :class:`EmbedStats`.
+
+    With a distributed ``executor`` (Ray), the chunks are encoded on a pool of workers that each load the model
+    once (stage ``embed:<field>``); each chunk is the one this process would encode, so its batches, and its
+    vectors, are the same. The cache is written here, by the driver, only.
     """
     if not field or "/" in field or field.startswith("."):
         raise EmbeddingError(f"field name {field!r} is not usable as a cache folder name")
@@ -211,9 +221,14 @@ def embed_texts(
         first_of.setdefault(keys[i], i)
     todo = list(first_of.values())
     if compute_missing and todo and encoder is not None:
-        for lo in range(0, len(todo), WRITE_CHUNK):
-            chunk = todo[lo : lo + WRITE_CHUNK]
-            vectors = encoder.encode([texts[i] for i in chunk])
+        chunks = [todo[lo : lo + WRITE_CHUNK] for lo in range(0, len(todo), WRITE_CHUNK)]
+        if executor is not None and executor.kind != "local":
+            factory = functools.partial(get_encoder, model)
+            shards = [[texts[i] for i in chunk] for chunk in chunks]
+            encoded = executor.map_actors(factory, "encode", shards, stage=f"embed:{field}")
+        else:
+            encoded = (encoder.encode([texts[i] for i in chunk]) for chunk in chunks)
+        for chunk, vectors in zip(chunks, encoded, strict=True):
             if cache is not None:  # as the cache gives them back (float16, normalised): a rerun scores alike
                 vectors = normalize_rows(np.asarray(vectors, dtype=np.float16).astype(np.float32))
             out[chunk] = vectors

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ from curation.similarity.minhash import MinHasher, MinHashParams, Sketches, from
 from curation.similarity.shingles import ShingleBatch
 from schemas.catalog import Catalog, utcnow
 from schemas.ids import canonical_json, sha256_text
+
+if TYPE_CHECKING:
+    from curation.executors import Executor
 
 WRITE_CHUNK = 50_000  # records per write transaction
 
@@ -101,12 +104,18 @@ def signatures_for(
     on_chunk: Callable[[int], Any] | None = None,
     on_shingles: Callable[[np.ndarray, ShingleBatch], Any] | None = None,
     store: bool = True,
+    executor: Executor | None = None,
+    stage: str = "sketch",
 ) -> SignatureLookup:
     """Signatures for every record: stored ones reused, missing ones sketched (and stored, when a catalog and
     ``store``: a reader such as a snapshot passes ``store=False`` and leaves the catalog as it found it).
 
     ``on_shingles(positions, batch)`` sees the shingles of the records sketched here (``positions`` index
     ``record_ids``), so a caller can keep their sets instead of shingling the texts again.
+
+    With a distributed ``executor`` (Ray), the missing records are sketched there in shards, as the stage ``stage``,
+    and ``on_shingles`` sees nothing (the sets stay on the workers; verification shingles the few texts it needs).
+    A signature is a pure function of the text, so where it was computed changes no bit of it.
     """
     hasher = MinHasher(params)
     if catalog is None:
@@ -115,6 +124,10 @@ def signatures_for(
     key = params_hash(params, scope)
     found, sketches = load_signatures(catalog, key, record_ids, params.num_perm)
     missing = np.flatnonzero(~found)
+    if executor is not None and executor.kind != "local" and len(missing):
+        _sketch_distributed(catalog if store else None, key, params, scope, record_ids, texts, missing, sketches,
+                            executor, stage, on_chunk)  # fmt: skip
+        return SignatureLookup(sketches, len(missing), int(found.sum()))
     for lo in range(0, len(missing), WRITE_CHUNK):
         chunk = missing[lo : lo + WRITE_CHUNK]
         hook = None
@@ -128,3 +141,35 @@ def signatures_for(
         if on_chunk is not None:
             on_chunk(len(chunk))
     return SignatureLookup(sketches, len(missing), int(found.sum()))
+
+
+def sketch_shard(params: MinHashParams, texts: list[str]) -> Sketches:
+    """One shard's signatures (what a worker runs)."""
+    return MinHasher(params).sketch(texts)
+
+
+def _sketch_distributed(
+    catalog: Catalog | None,
+    key: str,
+    params: MinHashParams,
+    scope: str,
+    record_ids: Sequence[str],
+    texts: Sequence[str],
+    missing: np.ndarray,
+    sketches: Sketches,
+    executor: Executor,
+    stage: str,
+    on_chunk: Callable[[int], Any] | None,
+) -> None:
+    """Sketch ``missing`` on the executor in shards of its ``shard_records``; each shard is stored as it returns."""
+    size = getattr(getattr(executor, "config", None), "shard_records", WRITE_CHUNK)
+    parts = [missing[lo : lo + size] for lo in range(0, len(missing), size)]
+    shards = [[texts[i] for i in part.tolist()] for part in parts]
+    task = functools.partial(sketch_shard, params)
+    for part, new in zip(parts, executor.map(task, shards, stage=stage), strict=True):
+        sketches.signatures[part] = new.signatures
+        sketches.n_shingles[part] = new.n_shingles
+        if catalog is not None:
+            save_signatures(catalog, key, params, scope, [record_ids[i] for i in part.tolist()], new)
+        if on_chunk is not None:
+            on_chunk(len(part))

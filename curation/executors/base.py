@@ -1,0 +1,138 @@
+"""The executor contract, its configuration and the local (in-process) executor."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.errors import InputError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class ExecutorError(InputError):
+    """A stage could not finish on the executor (a task failed after its retries, the cluster is unreachable)."""
+
+
+class ExecutorConfig(BaseModel):
+    """Where the heavy scan stages run (``refinery scan --executor``, or the ``executor`` key of ``--config``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["local", "ray"] = Field("local", description="local: this process; ray: tasks on a Ray cluster.")
+    ray_address: str | None = Field(
+        None,
+        description="Ray: None starts a private Ray instance on this machine for the scan (stopped after); 'auto' "
+        "joins the cluster this machine belongs to (`ray start`); 'ray://HOST:10001' a remote one (Ray Client).",
+    )
+    num_cpus: int | None = Field(
+        None, ge=1, description="Ray, private instance only: CPUs it may use (default: every core)."
+    )
+    shard_records: int = Field(20_000, ge=1, description="Records per task: a worker holds one shard at a time.")
+    max_retries: int = Field(
+        3, ge=0, description="Ray: times a task is rerun when its worker dies (a killed process, a lost node)."
+    )
+    max_in_flight: int | None = Field(
+        None, ge=1, description="Ray: tasks submitted ahead of the results read (default: 2 per cluster CPU)."
+    )
+
+
+@dataclass
+class StageStats:
+    """What an executor measured of one stage: tasks, their wall time and the largest worker peak RSS."""
+
+    tasks: int = 0
+    seconds: float = 0.0
+    worker_peak_rss_mb: float = 0.0
+    workers: set[str] = field(default_factory=set)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tasks": self.tasks,
+            "seconds": round(self.seconds, 3),
+            "workers": len(self.workers),
+            "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
+        }
+
+
+class Executor(Protocol):
+    kind: str
+    stats: dict[str, StageStats]
+
+    def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
+        """``fn(shard)`` for every shard, the results in shard order."""
+        ...
+
+    def map_actors(
+        self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None
+    ) -> Iterator[Any]:
+        """``getattr(factory(), method)(shard)`` for every shard, on a pool of long-lived workers that each build
+        ``factory()`` once (a model loaded once per worker); the results in shard order."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (Linux reports KB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def shards_of(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    """``items`` cut into consecutive shards of at most ``size``."""
+    return [items[lo : lo + size] for lo in range(0, len(items), size)]
+
+
+class LocalExecutor:
+    """Runs every shard in this process, one after the other: the default, and the reference the Ray executor's
+    results are compared with."""
+
+    kind = "local"
+
+    def __init__(self) -> None:
+        self.stats: dict[str, StageStats] = {}
+
+    def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
+        stats = self.stats.setdefault(stage, StageStats())
+        for shard in shards:
+            started = time.monotonic()
+            yield fn(shard)
+            stats.tasks += 1
+            stats.seconds += time.monotonic() - started
+        stats.workers.add("local")
+        stats.worker_peak_rss_mb = peak_rss_mb()
+
+    def map_actors(
+        self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None
+    ) -> Iterator[Any]:
+        actor = factory()
+        yield from self.map(getattr(actor, method), shards, stage=stage)
+
+    def close(self) -> None:
+        return None
+
+
+@contextmanager
+def open_executor(config: ExecutorConfig | None) -> Iterator[Executor]:
+    """The executor ``config`` names, closed (a private Ray instance stopped) when the block ends."""
+    config = config or ExecutorConfig()
+    executor: Executor
+    if config.kind == "ray":
+        from curation.executors.ray_cluster import RayExecutor
+
+        executor = RayExecutor(config)
+    else:
+        executor = LocalExecutor()
+    try:
+        yield executor
+    finally:
+        executor.close()

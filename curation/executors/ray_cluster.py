@@ -1,0 +1,144 @@
+"""The Ray executor: each shard is a Ray task (or a call on a pool of actors), retried when its worker dies.
+
+Results come back in shard order, with at most ``max_in_flight`` tasks submitted ahead, so the driver's memory is
+bounded by the shards in flight, not by the stage. A task that raises (a bug, bad data) fails the stage with its own
+exception, as it would locally; a task whose worker died more than ``max_retries`` times fails it with
+:class:`ExecutorError`. Ray is the ``scale`` extra (``pip install 'refinery[scale]'``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from curation.executors.base import ExecutorConfig, ExecutorError, StageStats, peak_rss_mb
+from curation.executors.faults import KillOnce, planned_kill
+from schemas.progress import log
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _task(fn: Callable[[T], R], shard: T, stage: str, index: int, kill: KillOnce | None) -> tuple[R, str, float]:
+    """What runs on a worker: the fault hook, the function, and the worker's name and peak RSS."""
+    if kill is not None:
+        kill.strike(stage, index)
+    result = fn(shard)
+    return result, f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb()
+
+
+class _Worker:
+    """An actor: builds its object once (a model loaded once per worker), then serves calls."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.target = factory()
+
+    def call(self, method: str, shard: Any, stage: str, index: int, kill: KillOnce | None) -> tuple[Any, str, float]:
+        return _task(getattr(self.target, method), shard, stage, index, kill)
+
+
+class RayExecutor:
+    kind = "ray"
+
+    def __init__(self, config: ExecutorConfig) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ExecutorError("the ray executor needs Ray: pip install 'refinery[scale]'") from exc
+        self.ray = ray
+        self.config = config
+        self.stats: dict[str, StageStats] = {}
+        self.owns = False
+        if not ray.is_initialized():
+            started = time.monotonic()
+            options: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "ERROR",
+                "namespace": "refinery",
+            }
+            if config.ray_address is None:
+                options["num_cpus"] = config.num_cpus
+            else:
+                options["address"] = config.ray_address
+            try:
+                ray.init(**options)
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = config.ray_address or "a private instance"
+                raise ExecutorError(f"cannot start or reach Ray at {where}: {exc}") from exc
+            self.owns = True
+            log(f"ray: {self.cpus()} CPUs ready in {time.monotonic() - started:.1f} s")
+        self._remote: Any = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_task)
+
+    def cpus(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def _in_flight(self) -> int:
+        return self.config.max_in_flight or 2 * self.cpus()
+
+    def _collect(self, ref: Any, stage: str, index: int, stats: StageStats) -> Any:
+        ray = self.ray
+        try:
+            result, worker, rss = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the function raised: the stage fails with its exception
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            raise cause from None
+        except (ray.exceptions.WorkerCrashedError, ray.exceptions.ActorDiedError, ray.exceptions.NodeDiedError,
+                ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError) as exc:  # fmt: skip
+            raise ExecutorError(
+                f"scan stage {stage}: shard {index} lost its worker {self.config.max_retries + 1} times "
+                f"({exc.__class__.__name__}); nothing of the scan was stored, rerun it"
+            ) from exc
+        stats.tasks += 1
+        stats.workers.add(worker)
+        stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
+        return result
+
+    def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
+        stats = self.stats.setdefault(stage, StageStats())
+        kill = planned_kill()
+        started = time.monotonic()
+        pending: deque[tuple[int, Any]] = deque()
+        for index, shard in enumerate(shards):
+            pending.append((index, self._remote.remote(fn, shard, stage, index, kill)))
+            while len(pending) >= self._in_flight():
+                i, ref = pending.popleft()
+                yield self._collect(ref, stage, i, stats)
+        while pending:
+            i, ref = pending.popleft()
+            yield self._collect(ref, stage, i, stats)
+        stats.seconds += time.monotonic() - started
+
+    def map_actors(
+        self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None
+    ) -> Iterator[Any]:
+        ray = self.ray
+        stats = self.stats.setdefault(stage, StageStats())
+        kill = planned_kill()
+        size = max(1, min(pool or self.cpus(), len(shards)))
+        actor = ray.remote(num_cpus=1, max_restarts=self.config.max_retries, max_task_retries=self.config.max_retries)
+        workers = [actor(_Worker).remote(factory) for _ in range(size)]
+        started = time.monotonic()
+        pending: deque[tuple[int, Any]] = deque()
+        try:
+            for index, shard in enumerate(shards):
+                worker = workers[index % size]
+                pending.append((index, worker.call.remote(method, shard, stage, index, kill)))
+                while len(pending) >= 2 * size:
+                    i, ref = pending.popleft()
+                    yield self._collect(ref, stage, i, stats)
+            while pending:
+                i, ref = pending.popleft()
+                yield self._collect(ref, stage, i, stats)
+        finally:
+            for worker in workers:
+                ray.kill(worker)
+        stats.seconds += time.monotonic() - started
+
+    def close(self) -> None:
+        if self.owns and self.ray.is_initialized():
+            self.ray.shutdown()
