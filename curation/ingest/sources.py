@@ -4,7 +4,8 @@
 row shape by the keys of the first parseable row: replies/message_tree_id -> oasst, conversations ->
 sharegpt, messages -> openai, instances -> selfinstruct, instruction + output -> alpaca, turns -> turns
 (prompt-only). A folder with dataset_info.json / state.json / dataset_dict.json is a saved Hugging Face
-dataset. CSV and TSV always need ``--map``; Parquet and datasets need it unless their columns name a shape.
+dataset; any other folder is a folder of shards: its data files, in name order (:func:`shard_files`). CSV and TSV
+always need ``--map``; Parquet and datasets need it unless their columns name a shape.
 """
 
 from __future__ import annotations
@@ -78,8 +79,32 @@ def plan_sources(paths: list[Path], options: IngestOptions) -> list[SourcePlan]:
             raise IngestConfigError(f"{original} is given more than once")
     plans: list[SourcePlan] = []
     for path in resolved:
-        plans.extend(_plan_one(path, options))
+        if path.is_dir() and not is_saved_dataset(path):
+            for shard in shard_files(path, options.format):
+                plans.extend(_plan_one(shard, options))
+        else:
+            plans.extend(_plan_one(path, options))
     return plans
+
+
+def shard_files(folder: Path, fmt: str) -> list[Path]:
+    """The data files of a folder of shards (``part-00000.parquet``, ``shard-001.jsonl``, ...), in name order,
+    subfolders included; each is then read and recorded as a file of its own, one after the other (streaming: one
+    chunk in memory at a time). Hidden files (``.``, ``_SUCCESS``-style ``_`` names) are skipped."""
+    wanted = {fmt} if fmt in ("csv", "tsv", "parquet", "jsonl", "json") else set(_SUFFIXES.values())
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts)
+        and _SUFFIXES.get(p.suffix.lower()) in wanted
+    )
+    if not files:
+        kinds = ", ".join(sorted(k for k, v in _SUFFIXES.items() if v in wanted))
+        raise IngestConfigError(
+            f"{folder} is a folder with no data files ({kinds}) and not a saved Hugging Face dataset (save_to_disk)"
+        )
+    return files
 
 
 def container_of(path: Path, fmt: str) -> str:

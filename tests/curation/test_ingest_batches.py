@@ -158,6 +158,8 @@ def test_invalid_options_raise_one_line(options: dict[str, object], message: str
 def test_input_errors_raise_before_anything_is_written(catalog: Catalog, tmp_path: Path) -> None:
     csv_path = tmp_path / "t.csv"
     csv_path.write_text("text,category\nhi,greet\n", encoding="utf-8")
+    (tmp_path / "no_data").mkdir()
+    (tmp_path / "no_data" / "README.txt").write_text("a folder without data files", encoding="utf-8")
     cases = [
         ([tmp_path / "missing.jsonl"], IngestOptions(), "no such file or folder"),
         ([csv_path], IngestOptions(), "csv input needs --map"),
@@ -169,7 +171,7 @@ def test_input_errors_raise_before_anything_is_written(catalog: Catalog, tmp_pat
         ),
         ([csv_path, csv_path], IngestOptions(mapping={"text": "user", "category": "assistant"}), "more than once"),
         ([write_lines(tmp_path / "odd.jsonl", [{"foo": 1}])], IngestOptions(), "cannot tell the format"),
-        ([tmp_path], IngestOptions(), "not a saved Hugging Face dataset"),
+        ([tmp_path / "no_data"], IngestOptions(), "is a folder with no data files .* not a saved Hugging Face"),
         ([], IngestOptions(), "no input files"),
     ]
     for paths, options, message in cases:
