@@ -26,7 +26,7 @@ from curation.checks.registry import CHECKS, default_checks, resolve_checks
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, ContractError, ScanError, ScanRecord
 from curation.checks.store import delete_scan_rows, store_check
 from curation.embeddings.model import model_id
-from curation.executors import Executor, ExecutorConfig, ExecutorError, open_executor, shards_of
+from curation.executors import Executor, ExecutorConfig, ExecutorError, ExecutorUnavailable, open_executor, shards_of
 from curation.similarity.eval_match import eval_items_hash
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
@@ -250,7 +250,7 @@ def _run_scan(
                 if executor.kind != "local":
                     summary[name]["executor"] = _stage_stats(executor, tasks_before)
                 bar.advance()
-    except ExecutorError:
+    except (ExecutorError, ExecutorUnavailable):
         with catalog.write() as con:
             delete_scan_rows(con, scan_id)
         raise

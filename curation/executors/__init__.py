@@ -6,6 +6,22 @@ the driver (the ``refinery scan`` process) writes the catalog: workers return ar
 See docs/SCALE.md.
 """
 
-from curation.executors.base import Executor, ExecutorConfig, ExecutorError, StageStats, open_executor, shards_of
+from curation.executors.base import (
+    Executor,
+    ExecutorConfig,
+    ExecutorError,
+    ExecutorUnavailable,
+    StageStats,
+    open_executor,
+    shards_of,
+)
 
-__all__ = ["Executor", "ExecutorConfig", "ExecutorError", "StageStats", "open_executor", "shards_of"]
+__all__ = [
+    "Executor",
+    "ExecutorConfig",
+    "ExecutorError",
+    "ExecutorUnavailable",
+    "StageStats",
+    "open_executor",
+    "shards_of",
+]

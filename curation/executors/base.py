@@ -12,14 +12,18 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.errors import InputError
+from schemas.errors import Failure, InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-class ExecutorError(InputError):
-    """A stage could not finish on the executor (a task failed after its retries, the cluster is unreachable)."""
+class ExecutorError(Failure):
+    """A stage could not finish on the executor: a task lost its worker more often than it may be retried (exit 1)."""
+
+
+class ExecutorUnavailable(InputError):
+    """The executor asked for cannot be used: Ray is not installed, or the cluster cannot be started or reached."""
 
 
 class ExecutorConfig(BaseModel):

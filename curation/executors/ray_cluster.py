@@ -8,14 +8,16 @@ exception, as it would locally; a task whose worker died more than ``max_retries
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from curation.executors.base import ExecutorConfig, ExecutorError, StageStats, peak_rss_mb
+from curation.executors.base import ExecutorConfig, ExecutorError, ExecutorUnavailable, StageStats, peak_rss_mb
 from curation.executors.faults import KillOnce, planned_kill
 from schemas.progress import log
 
@@ -41,6 +43,23 @@ class _Worker:
         return _task(getattr(self.target, method), shard, stage, index, kill)
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at ``HOST:PORT`` (or ``ray://HOST:PORT``): ``ray.init`` would wait for
+    minutes. ``auto`` is left to Ray (it reads the address of the cluster this machine started)."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ExecutorUnavailable(f"--ray-address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorUnavailable(
+            f"cannot reach Ray at {address}: nothing answers there ({exc.strerror or exc})"
+        ) from exc
+
+
 class RayExecutor:
     kind = "ray"
 
@@ -48,11 +67,23 @@ class RayExecutor:
         try:
             import ray
         except ImportError as exc:
-            raise ExecutorError("the ray executor needs Ray: pip install 'refinery[scale]'") from exc
+            raise ExecutorUnavailable("the ray executor needs Ray: pip install 'refinery[scale]'") from exc
         self.ray = ray
         self.config = config
         self.stats: dict[str, StageStats] = {}
         self.owns = False
+        # Ray's driver prints what its raylets and workers report (a worker that died, a task retried) on stdout,
+        # from a thread of its own; stdout is the CLI's result (--json), so while Ray runs those lines go to stderr
+        self._quiet_stdout = contextlib.redirect_stdout(sys.stderr)
+        self._quiet_stdout.__enter__()
+        try:
+            self._connect(ray, config)
+        except BaseException:
+            self._quiet_stdout.__exit__(None, None, None)
+            raise
+        self._remote: Any = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_task)
+
+    def _connect(self, ray: Any, config: ExecutorConfig) -> None:
         if not ray.is_initialized():
             started = time.monotonic()
             options: dict[str, Any] = {
@@ -64,15 +95,21 @@ class RayExecutor:
             if config.ray_address is None:
                 options["num_cpus"] = config.num_cpus
             else:
+                _check_reachable(config.ray_address)
                 options["address"] = config.ray_address
             try:
                 ray.init(**options)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = config.ray_address or "a private instance"
-                raise ExecutorError(f"cannot start or reach Ray at {where}: {exc}") from exc
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                hint = ""
+                if config.ray_address not in (None, "auto") and not os.environ.get("RAY_AUTH_MODE"):
+                    hint = (
+                        " (a cluster with token authentication needs RAY_AUTH_MODE=token and its token: docs/SCALE.md)"
+                    )
+                raise ExecutorUnavailable(f"cannot start or reach Ray at {where}: {first}{hint}") from exc
             self.owns = True
             log(f"ray: {self.cpus()} CPUs ready in {time.monotonic() - started:.1f} s")
-        self._remote: Any = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_task)
 
     def cpus(self) -> int:
         return int(self.ray.cluster_resources().get("CPU", 1))
@@ -90,8 +127,8 @@ class RayExecutor:
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.ActorDiedError, ray.exceptions.NodeDiedError,
                 ray.exceptions.ObjectLostError, ray.exceptions.RaySystemError) as exc:  # fmt: skip
             raise ExecutorError(
-                f"scan stage {stage}: shard {index} lost its worker {self.config.max_retries + 1} times "
-                f"({exc.__class__.__name__}); nothing of the scan was stored, rerun it"
+                f"scan stage {stage}: shard {index} lost its worker on each of its {self.config.max_retries + 1} "
+                f"tries ({exc.__class__.__name__}); nothing of the scan was stored, rerun it"
             ) from exc
         stats.tasks += 1
         stats.workers.add(worker)
@@ -140,5 +177,8 @@ class RayExecutor:
         stats.seconds += time.monotonic() - started
 
     def close(self) -> None:
-        if self.owns and self.ray.is_initialized():
-            self.ray.shutdown()
+        try:
+            if self.owns and self.ray.is_initialized():
+                self.ray.shutdown()
+        finally:
+            self._quiet_stdout.__exit__(None, None, None)
