@@ -159,7 +159,8 @@ def _timed(cmd: list[str], env: dict[str, str], folder: Path) -> dict[str, Any]:
 
 
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
-    """Ingest, then scan with near_dup, through the CLI into a fresh catalog; each step its own process."""
+    """Ingest, then scan (near_dup, or --cli-checks), through the CLI into a fresh catalog; each step its own
+    process."""
     corpus = generate_families(args.n)
     refinery = str(Path(sys.executable).with_name("refinery"))
     env = {**os.environ, "REFINERY_PROGRESS": "0"}
@@ -174,7 +175,12 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         workspace = folder / "ws"
         base = [refinery, "-q", "-w", str(workspace)]
         out["ingest"] = _timed([*base, "ingest", str(data), "--format", "alpaca"], env, folder)
-        scan = [*base, "scan", "--checks", "near_dup", "--threshold", str(args.threshold), "--json"]
+        checks = [] if args.cli_checks == "default" else ["--checks", args.cli_checks]
+        scan = [*base, "scan", *checks, "--json"]
+        if args.cli_executor != "local":
+            scan += ["--executor", args.cli_executor]
+        if args.threshold != 0.7:
+            scan += ["--threshold", str(args.threshold)]
         out["scan"] = _timed(scan, env, folder)
         summary = json.loads(out["scan"].pop("stdout"))
         out["scan"]["summary"] = summary
@@ -210,6 +216,10 @@ def main() -> None:
     parser.add_argument("--cli", action="store_true", help="also ingest + scan through the CLI")
     parser.add_argument("--cli-only", action="store_true", help="only the CLI run")
     parser.add_argument("--tmp", default=None, help="folder for the CLI run's files (default: the system's)")
+    parser.add_argument(
+        "--cli-checks", default="near_dup", help="the CLI run's `scan --checks` (comma-separated), or 'default'"
+    )
+    parser.add_argument("--cli-executor", default="local", choices=("local", "ray"), help="the CLI scan's executor")
     parser.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -264,11 +274,19 @@ def main() -> None:
     if cli is not None:
         scan, ingest = cli["scan"], cli["ingest"]
         print(
-            f"CLI: ingest {ingest['seconds']:.1f} s ({ingest['peak_rss_mb']:.0f} MB peak), scan --checks near_dup "
-            f"{scan['seconds']:.1f} s ({scan['peak_rss_mb']:.0f} MB peak); catalog: {cli['catalog_removed']}"
+            f"CLI: ingest {ingest['seconds']:.1f} s ({ingest['peak_rss_mb']:.0f} MB peak), scan --checks "
+            f"{args.cli_checks} ({args.cli_executor}) {scan['seconds']:.1f} s ({scan['peak_rss_mb']:.0f} MB peak); "
+            f"catalog: {cli['catalog_removed']}"
         )
+        per_check = {
+            name: summary["wall_seconds"]
+            for name, summary in scan["summary"].items()
+            if isinstance(summary, dict) and "wall_seconds" in summary
+        }
+        print(f"CLI scan, seconds per check (run and store): {per_check}")
         final.append(f"CLI scan {scan['seconds']:.1f} s, {scan['peak_rss_mb']:.0f} MB")
-    path = write_result(f"b2_families_{'cli_' if args.cli_only else ''}n{args.n}", payload)
+    tag = "" if args.cli_checks == "near_dup" and args.cli_executor == "local" else f"{args.cli_executor}_"
+    path = write_result(f"b2_families_{'cli_' + tag if args.cli_only else ''}n{args.n}", payload)
     print(f"wrote {path}")
     print(f"B2f at {args.n}: " + "; ".join(final))
 

@@ -151,21 +151,35 @@ def _stage_stats(executor: Executor, before: dict[str, int]) -> dict[str, Any]:
 
 
 def run_check(
-    name: str, records: Sequence[ScanRecord], catalog: Catalog, config: BaseModel | None, executor: Executor
+    name: str, records: Sequence[ScanRecord], catalog: Catalog | None, config: BaseModel | None, executor: Executor
 ) -> CheckOutput:
     """``name`` over ``records``: on shards on the executor when the check is per-record and the executor is not
     this process; else at once, with the executor in its context for the stages it distributes itself."""
     spec = CHECKS[name]
     if spec.shard_summary is None or executor.kind == "local":
         return spec.run(records, CheckContext(catalog, config, executor))
-    shards = shards_of(records, executor_shard_records(executor))
     task = functools.partial(_run_shard, spec, config)
-    outputs = list(executor.map(task, [list(shard) for shard in shards], stage=name))
+    outputs = list(executor.map(task, _record_shards(executor, records), stage=name))
     return CheckOutput(
         findings=[f for out in outputs for f in out.findings],
         pairs=[p for out in outputs for p in out.pairs],
         summary=join_summaries(dict(spec.shard_summary), [out.summary for out in outputs]),
     )
+
+
+_SHARDS: dict[int, tuple[Executor, Sequence[ScanRecord], list[list[ScanRecord]]]] = {}
+
+
+def _record_shards(executor: Executor, records: Sequence[ScanRecord]) -> list[list[ScanRecord]]:
+    """The records cut into the executor's shards, once per executor and record list, pinned where the workers read
+    them: the per-record checks of a scan share them instead of sending every record once per check."""
+    cached = _SHARDS.get(id(executor))
+    if cached is not None and cached[0] is executor and cached[1] is records:
+        return cached[2]
+    shards = executor.pin([list(s) for s in shards_of(records, executor_shard_records(executor))])
+    _SHARDS.clear()  # one scan at a time: the previous executor's shards go
+    _SHARDS[id(executor)] = (executor, records, shards)
+    return shards
 
 
 def executor_shard_records(executor: Executor) -> int:
@@ -234,6 +248,7 @@ def _run_scan(
             for name in names:
                 bar.set_description(f"scan: {name}")
                 tasks_before = {stage: stats.tasks for stage, stats in executor.stats.items()}
+                check_started = time.monotonic()
                 try:
                     output = run_check(name, records, catalog, resolved[name], executor)
                     enforce_contract(name, records, output)
@@ -247,6 +262,7 @@ def _run_scan(
                 store_check(catalog, scan_id, name, output)
                 flagged = sum(f.flagged for f in output.findings)
                 summary[name] = {**output.summary, "flagged": flagged}
+                summary[name]["wall_seconds"] = round(time.monotonic() - check_started, 3)  # run and store
                 if executor.kind != "local":
                     summary[name]["executor"] = _stage_stats(executor, tasks_before)
                 bar.advance()
@@ -254,6 +270,8 @@ def _run_scan(
         with catalog.write() as con:
             delete_scan_rows(con, scan_id)
         raise
+    finally:
+        _SHARDS.clear()  # the shards of this scan's records (and their pinned copies) go with it
     with catalog.write() as con:
         con.execute(
             "UPDATE scans SET status = 'complete', summary_json = ?, finished_at = ? WHERE scan_id = ?",

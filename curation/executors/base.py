@@ -75,6 +75,11 @@ class Executor(Protocol):
         """``fn(shard)`` for every shard, the results in shard order."""
         ...
 
+    def pin(self, shards: list[T]) -> list[T]:
+        """Keep ``shards`` where the workers read them (Ray: the object store, once) for several stages to map over;
+        returns them (pass them to :meth:`map` as they are)."""
+        ...
+
     def map_actors(
         self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None
     ) -> Iterator[Any]:
@@ -114,6 +119,9 @@ class LocalExecutor:
             stats.seconds += time.monotonic() - started
         stats.workers.add("local")
         stats.worker_peak_rss_mb = peak_rss_mb()
+
+    def pin(self, shards: list[T]) -> list[T]:
+        return shards
 
     def map_actors(
         self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None

@@ -72,6 +72,7 @@ class RayExecutor:
         self.config = config
         self.stats: dict[str, StageStats] = {}
         self.owns = False
+        self._pinned: dict[int, tuple[Any, Any]] = {}  # id(shard) -> (shard, its object ref)
         # Ray's driver prints what its raylets and workers report (a worker that died, a task retried) on stdout,
         # from a thread of its own; stdout is the CLI's result (--json), so while Ray runs those lines go to stderr
         self._quiet_stdout = contextlib.redirect_stdout(sys.stderr)
@@ -92,7 +93,8 @@ class RayExecutor:
                 "logging_level": "ERROR",
                 "namespace": "refinery",
             }
-            if config.ray_address is None:
+            if config.ray_address is None:  # "local": a new instance, never a cluster left running or RAY_ADDRESS
+                options["address"] = "local"
                 options["num_cpus"] = config.num_cpus
             else:
                 _check_reachable(config.ray_address)
@@ -135,13 +137,24 @@ class RayExecutor:
         stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
         return result
 
+    def pin(self, shards: list[T]) -> list[T]:
+        for shard in shards:
+            if id(shard) not in self._pinned:
+                self._pinned[id(shard)] = (shard, self.ray.put(shard))
+        return shards
+
+    def _ref(self, shard: Any) -> Any:
+        """The shard's object ref when pinned (sent to the object store once), else the shard (sent with the task)."""
+        pinned = self._pinned.get(id(shard))
+        return pinned[1] if pinned is not None and pinned[0] is shard else shard
+
     def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
         stats = self.stats.setdefault(stage, StageStats())
         kill = planned_kill()
         started = time.monotonic()
         pending: deque[tuple[int, Any]] = deque()
         for index, shard in enumerate(shards):
-            pending.append((index, self._remote.remote(fn, shard, stage, index, kill)))
+            pending.append((index, self._remote.remote(fn, self._ref(shard), stage, index, kill)))
             while len(pending) >= self._in_flight():
                 i, ref = pending.popleft()
                 yield self._collect(ref, stage, i, stats)
@@ -177,6 +190,7 @@ class RayExecutor:
         stats.seconds += time.monotonic() - started
 
     def close(self) -> None:
+        self._pinned.clear()
         try:
             if self.owns and self.ray.is_initialized():
                 self.ray.shutdown()

@@ -118,13 +118,21 @@ def signatures_for(
     A signature is a pure function of the text, so where it was computed changes no bit of it.
     """
     hasher = MinHasher(params)
+    distributed = executor is not None and executor.kind != "local"
+    if catalog is None and distributed and executor is not None and len(texts):
+        sketches = Sketches(
+            np.zeros((len(texts), params.num_perm), dtype=np.uint32), np.zeros(len(texts), dtype=np.int64)
+        )
+        everything = np.arange(len(texts))
+        _sketch_distributed(None, "", params, scope, record_ids, texts, everything, sketches, executor, stage, on_chunk)
+        return SignatureLookup(sketches, len(texts), 0)
     if catalog is None:
         hook = None if on_shingles is None else lambda lo, hi, batch: on_shingles(np.arange(lo, hi), batch)
         return SignatureLookup(hasher.sketch(texts, on_batch=hook), len(texts), 0)
     key = params_hash(params, scope)
     found, sketches = load_signatures(catalog, key, record_ids, params.num_perm)
     missing = np.flatnonzero(~found)
-    if executor is not None and executor.kind != "local" and len(missing):
+    if distributed and executor is not None and len(missing):
         _sketch_distributed(catalog if store else None, key, params, scope, record_ids, texts, missing, sketches,
                             executor, stage, on_chunk)  # fmt: skip
         return SignatureLookup(sketches, len(missing), int(found.sum()))

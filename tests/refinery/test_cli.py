@@ -170,7 +170,9 @@ def test_schema_export_json_and_the_config_schemas_hold_every_option_with_its_de
             assert prop.get("description") or referenced.get("description"), f"{name}.{field} has no help text"
     assert schema("train_config")["properties"]["epochs"]["default"] == TrainConfig().epochs
     scan = schema("scan_config")
-    assert set(scan["properties"]) == set(check_configs()) and scan["additionalProperties"] is False
+    assert set(scan["properties"]) == {*check_configs(), "executor"} and scan["additionalProperties"] is False
+    executor = scan["$defs"]["ExecutorConfig"]["properties"]
+    assert executor["kind"]["default"] == "local" and executor["shard_records"]["default"] == 20_000
     near_dup = scan["$defs"]["NearDupConfig"]["properties"]
     assert near_dup["threshold"]["default"] == 0.7 and near_dup["ngram"]["default"] == 5
     assert scan["properties"]["near_dup"]["default"] is None  # a check not named keeps its own defaults

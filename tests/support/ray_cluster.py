@@ -1,13 +1,16 @@
-"""A real local Ray cluster for the executor tests: `ray start --head` on a free port with a fixed number of CPUs,
-stopped (`ray stop`) when the block ends."""
+"""A real local Ray cluster for the executor tests: `ray start --head --block` on a free port with a fixed number of
+CPUs, stopped (its process group) when the block ends."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,12 +47,34 @@ def local_ray_cluster(num_cpus: int = 2) -> Iterator[str]:
     port = _free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
-    start = [ray, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}", "--include-dashboard=false",
-             "--disable-usage-stats", "--node-ip-address=127.0.0.1"]  # fmt: skip
-    done = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"ray start failed ({done.returncode}): {done.stderr[-2000:]}")
+    start = [ray, "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
+             "--include-dashboard=false", "--disable-usage-stats", "--node-ip-address=127.0.0.1"]  # fmt: skip
+    # --block: the head's processes live as long as this one, in a process group of their own, so stopping it stops
+    # this cluster only (`ray stop` would stop every Ray process on the machine)
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
+        _wait_until_listening(head, port)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120, check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+
+
+def _wait_until_listening(head: subprocess.Popen[bytes], port: int, timeout: float = 180.0) -> None:
+    """Until the head's GCS answers on ``port`` and the node has registered (``ray start`` says it started)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            err = head.stderr.read().decode(errors="replace") if head.stderr else ""
+            raise RuntimeError(f"ray start exited {head.returncode}: {err[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+            time.sleep(3)  # the GCS answers before the raylet has registered the node's CPUs
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"ray start did not listen on {port} within {timeout:.0f} s")
