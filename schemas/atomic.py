@@ -130,7 +130,12 @@ def atomic_directory(final: Path) -> Iterator[Path]:
                 with file.open("rb") as handle:
                     os.fsync(handle.fileno())
         os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; give the folder its normal mode
-        os.rename(staging, final)
+        try:
+            os.rename(staging, final)
+        except OSError as exc:  # another process renamed its own staging folder into place first
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.exists():
+                raise FileExistsError(f"{final} already exists; artifacts are immutable") from exc
+            raise
         _fsync_dir(final.parent)
     except BaseException as exc:
         full = is_disk_full(exc)

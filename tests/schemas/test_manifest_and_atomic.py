@@ -85,3 +85,16 @@ def test_write_text_atomic_replaces_whole_file(tmp_path: Path) -> None:
     write_text_atomic(path, "two")
     assert path.read_text() == "two"
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]
+
+
+def test_two_writers_of_one_artifact_folder_the_second_gets_file_exists_and_leaves_nothing(tmp_path: Path) -> None:
+    """Two processes converting the same base model at once (two trainings started together in a new workspace):
+    the one that renames second gets FileExistsError, which callers treat as "someone finished it first"."""
+    final = tmp_path / "models" / "base"
+    with pytest.raises(FileExistsError, match="already exists"):
+        with atomic_directory(final) as slow:
+            (slow / "weights.bin").write_bytes(b"slow")
+            with atomic_directory(final) as fast:  # the other writer starts after and renames first
+                (fast / "weights.bin").write_bytes(b"fast")
+    assert (final / "weights.bin").read_bytes() == b"fast"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["base"]  # the loser's staging folder is gone
