@@ -179,10 +179,16 @@ class ScanParams(JobParams):
     num_perm: int | None = Field(None, ge=8, le=4096)
     config: InlineConfig | None = Field(None, description="Check name -> its options (JSON object or YAML text).")
     config_path: ServerPath | None = None
+    executor: Literal["local", "ray"] | None = Field(None, description="Where the heavy stages run (docs/SCALE.md).")
+    ray_address: str | None = Field(
+        None, pattern=r"^(auto|(ray://)?[A-Za-z0-9.\-]+:[0-9]{1,5})$", description="auto, HOST:PORT or ray://HOST:PORT."
+    )
 
     def arguments(self, files: JobFiles) -> list[str]:
         return [
             "scan",
+            *_option("executor", self.executor),
+            *_option("ray-address", self.ray_address),
             *_option("checks", ",".join(self.checks) if self.checks else None),
             *_option("threshold", self.threshold),
             *_option("scope", self.scope),

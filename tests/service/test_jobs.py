@@ -308,3 +308,23 @@ def test_uploads_are_named_safely_and_one_over_the_limit_leaves_nothing(tmp_path
         assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
         assert cancelled.json()["error"] == "cancelled by uploader"
     assert [p.name for p in (ws / "uploads").iterdir()] == [kept.json()["name"]]  # no partial file of the refused
+
+
+def test_a_scan_job_can_run_on_ray_and_a_bad_address_is_refused_at_submit(tmp_path: Path) -> None:
+    """The scan job's executor parameters become the CLI's flags (the CLI itself is tested on Ray in
+    tests/curation/test_scan_on_ray.py); an address that is not auto, HOST:PORT or ray://HOST:PORT is refused."""
+    from pydantic import ValidationError
+
+    from refinery.service.jobs import JobFiles, parse_params
+
+    files = JobFiles(tmp_path, (), tmp_path / "job")
+    params = parse_params("scan", {"checks": ["near_dup"], "executor": "ray", "ray_address": "ray://head:10001"})
+    assert params.arguments(files) == [
+        "scan", "--executor=ray", "--ray-address=ray://head:10001", "--checks=near_dup", "--json"
+    ]  # fmt: skip
+    assert parse_params("scan", {}).arguments(files) == ["scan", "--json"]
+    for bad in ("head; rm -rf /", "http://head:10001", "--config=/etc/passwd"):
+        with pytest.raises(ValidationError):
+            parse_params("scan", {"executor": "ray", "ray_address": bad})
+    with pytest.raises(ValidationError):
+        parse_params("scan", {"executor": "spark"})
