@@ -9,11 +9,11 @@ one decision, stored like a reviewer's with ``source = 'policy'`` and ``actor = 
   ``relabel_of``), so a snapshot holds the new label and lineage leads back to the finding's check.
 * ``reject``: a ``reject`` decision; the snapshot leaves the record out, the decision as its cause.
 
-A human decision always wins: a record a reviewer decided is left alone, and a human decision made after the policy's
-outranks it whatever its time (the ``record_decisions`` view ranks human decisions first: migration 0013). A policy edit resolves the flag of the check it acted on, and only
-that one: another blocking check's flag still holds the record back until a human approves it
-(:mod:`curation.snapshot.select`). Decision ids hash the scan, check, threshold, record and suggestion, so running
-the same policy twice adds nothing.
+A human decision always wins: a record a reviewer decided is left alone, and a human decision made after the
+policy's outranks it whatever its time (the ``record_decisions`` view ranks human decisions first: migration 0013).
+A policy edit resolves the flag of the check it acted on, and only that one: another blocking check's flag still
+holds the record back until a human approves it (:mod:`curation.snapshot.select`). Decision ids hash the scan,
+check, threshold, record and suggestion, so running the same policy twice adds nothing.
 """
 
 from __future__ import annotations

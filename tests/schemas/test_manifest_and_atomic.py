@@ -91,10 +91,9 @@ def test_two_writers_of_one_artifact_folder_the_second_gets_file_exists_and_leav
     """Two processes converting the same base model at once (two trainings started together in a new workspace):
     the one that renames second gets FileExistsError, which callers treat as "someone finished it first"."""
     final = tmp_path / "models" / "base"
-    with pytest.raises(FileExistsError, match="already exists"):
-        with atomic_directory(final) as slow:
-            (slow / "weights.bin").write_bytes(b"slow")
-            with atomic_directory(final) as fast:  # the other writer starts after and renames first
-                (fast / "weights.bin").write_bytes(b"fast")
+    with pytest.raises(FileExistsError, match="already exists"), atomic_directory(final) as slow:
+        (slow / "weights.bin").write_bytes(b"slow")
+        with atomic_directory(final) as fast:  # the other writer starts after and renames first
+            (fast / "weights.bin").write_bytes(b"fast")
     assert (final / "weights.bin").read_bytes() == b"fast"
     assert sorted(p.name for p in final.parent.iterdir()) == ["base"]  # the loser's staging folder is gone
