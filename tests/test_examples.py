@@ -45,6 +45,10 @@ def test_the_noisy_banking77_configs_load_and_differ_only_where_curation_acts() 
     assert curated.exclude_duplicates == SnapshotPolicy().exclude_duplicates
     assert set(SnapshotPolicy().blocking_checks) < set(curated.blocking_checks)
     assert raw.fractions() == curated.fractions()  # the same split sizes for both arms
+    relabel = SnapshotPolicy.model_validate(load("policy-relabel.yaml"))
+    assert "label_issue" not in relabel.blocking_checks  # the relabel (review auto) acts on it, nothing holds back
+    assert relabel.exclude_duplicates == SnapshotPolicy().exclude_duplicates
+    assert raw.fractions() == relabel.fractions()
     assert EvalConfig.model_validate(load("eval-raw.yaml")).systems == ["adapter", "base_zero_shot"]
     assert EvalConfig.model_validate(load("eval-curated.yaml")).systems == ["adapter", "champion"]
 
@@ -59,4 +63,5 @@ def test_every_yaml_under_examples_is_covered() -> None:
         "noisy-banking77/eval-raw.yaml",
         "noisy-banking77/policy-curated.yaml",
         "noisy-banking77/policy-raw.yaml",
+        "noisy-banking77/policy-relabel.yaml",
     ]
