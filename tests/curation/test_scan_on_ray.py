@@ -136,6 +136,12 @@ def test_a_worker_killed_mid_stage_is_retried_and_changes_nothing(
     assert stages_of(result)["near_dup:sketch"]["tasks"] == 6  # 1,200 records in shards of 200, each once
     assert stored(local) == stored(distributed)
     assert result["pii"]["flagged"] == 6 and result["truncated"]["flagged"] >= 8
+    # the shards' summaries joined by each check's rules equal the summary of one pass over every record
+    local_summary = json.loads(Catalog(local / "catalog.duckdb").scalar("SELECT summary_json FROM scans"))
+    timing = {"executor", "wall_seconds"}
+    for check in ("pii", "truncated", "repetitive"):
+        joined = {k: v for k, v in result[check].items() if k not in timing}
+        assert joined == {k: v for k, v in local_summary[check].items() if k not in timing}, check
 
 
 def test_a_task_that_keeps_losing_its_worker_fails_the_scan_and_leaves_nothing(
