@@ -194,6 +194,7 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("review", "pull"): [],
     ("review", "status"): [],
     ("review", "calibrate"): [],
+    ("review", "auto"): [],
     ("pii", "redact"): [],
     ("backup",): ["archive.tar.gz"],
     ("serve",): ["--port", "0"],
