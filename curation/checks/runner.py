@@ -176,15 +176,10 @@ def _record_shards(executor: Executor, records: Sequence[ScanRecord]) -> list[li
     cached = _SHARDS.get(id(executor))
     if cached is not None and cached[0] is executor and cached[1] is records:
         return cached[2]
-    shards = executor.pin([list(s) for s in shards_of(records, executor_shard_records(executor))])
+    shards = executor.pin([list(s) for s in shards_of(records, executor.shard_records)])
     _SHARDS.clear()  # one scan at a time: the previous executor's shards go
     _SHARDS[id(executor)] = (executor, records, shards)
     return shards
-
-
-def executor_shard_records(executor: Executor) -> int:
-    config = getattr(executor, "config", None)
-    return config.shard_records if isinstance(config, ExecutorConfig) else ExecutorConfig().shard_records
 
 
 def run_scan(

@@ -69,6 +69,7 @@ class StageStats:
 
 class Executor(Protocol):
     kind: str
+    shard_records: int  # records per shard of the stages that cut their own shards
     stats: dict[str, StageStats]
 
     def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
@@ -107,7 +108,8 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, config: ExecutorConfig | None = None) -> None:
+        self.shard_records = (config or ExecutorConfig()).shard_records
         self.stats: dict[str, StageStats] = {}
 
     def map(self, fn: Callable[[T], R], shards: Sequence[T], *, stage: str) -> Iterator[R]:
@@ -143,7 +145,7 @@ def open_executor(config: ExecutorConfig | None) -> Iterator[Executor]:
 
         executor = RayExecutor(config)
     else:
-        executor = LocalExecutor()
+        executor = LocalExecutor(config)
     try:
         yield executor
     finally:

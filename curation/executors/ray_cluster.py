@@ -70,6 +70,7 @@ class RayExecutor:
             raise ExecutorUnavailable("the ray executor needs Ray: pip install 'refinery[scale]'") from exc
         self.ray = ray
         self.config = config
+        self.shard_records = config.shard_records
         self.stats: dict[str, StageStats] = {}
         self.owns = False
         self._pinned: dict[int, tuple[Any, Any]] = {}  # id(shard) -> (shard, its object ref)

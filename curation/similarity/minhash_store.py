@@ -118,13 +118,15 @@ def signatures_for(
     A signature is a pure function of the text, so where it was computed changes no bit of it.
     """
     hasher = MinHasher(params)
-    distributed = executor is not None and executor.kind != "local"
-    if catalog is None and distributed and executor is not None and len(texts):
+    distributed = executor if executor is not None and executor.kind != "local" else None
+    if catalog is None and distributed is not None and len(texts):
         sketches = Sketches(
             np.zeros((len(texts), params.num_perm), dtype=np.uint32), np.zeros(len(texts), dtype=np.int64)
         )
         everything = np.arange(len(texts))
-        _sketch_distributed(None, "", params, scope, record_ids, texts, everything, sketches, executor, stage, on_chunk)
+        _sketch_distributed(
+            None, "", params, scope, record_ids, texts, everything, sketches, distributed, stage, on_chunk
+        )
         return SignatureLookup(sketches, len(texts), 0)
     if catalog is None:
         hook = None if on_shingles is None else lambda lo, hi, batch: on_shingles(np.arange(lo, hi), batch)
@@ -132,9 +134,9 @@ def signatures_for(
     key = params_hash(params, scope)
     found, sketches = load_signatures(catalog, key, record_ids, params.num_perm)
     missing = np.flatnonzero(~found)
-    if distributed and executor is not None and len(missing):
+    if distributed is not None and len(missing):
         _sketch_distributed(catalog if store else None, key, params, scope, record_ids, texts, missing, sketches,
-                            executor, stage, on_chunk)  # fmt: skip
+                            distributed, stage, on_chunk)  # fmt: skip
         return SignatureLookup(sketches, len(missing), int(found.sum()))
     for lo in range(0, len(missing), WRITE_CHUNK):
         chunk = missing[lo : lo + WRITE_CHUNK]
@@ -170,7 +172,7 @@ def _sketch_distributed(
     on_chunk: Callable[[int], Any] | None,
 ) -> None:
     """Sketch ``missing`` on the executor in shards of its ``shard_records``; each shard is stored as it returns."""
-    size = getattr(getattr(executor, "config", None), "shard_records", WRITE_CHUNK)
+    size = executor.shard_records
     parts = [missing[lo : lo + size] for lo in range(0, len(missing), size)]
     shards = [[texts[i] for i in part.tolist()] for part in parts]
     task = functools.partial(sketch_shard, params)

@@ -122,13 +122,19 @@ def twin_workspaces(tmp_path: Path) -> tuple[Path, Path]:
     return local, distributed
 
 
+def kill_once(monkeypatch: pytest.MonkeyPatch, folder: Path, task: str, max_retries: int) -> str:
+    """Have the worker of ``task`` (STAGE:SHARD) die the first time it runs; the config of a scan in shards of 200
+    with ``max_retries`` (its path)."""
+    monkeypatch.setenv("REFINERY_FAULT_KILL_WORKER", task)
+    monkeypatch.setenv("REFINERY_FAULT_DIR", str(folder))
+    return ray_config(folder, shard_records=200, max_retries=max_retries)
+
+
 def test_a_worker_killed_mid_stage_is_retried_and_changes_nothing(
     tmp_path: Path, twin_workspaces: tuple[Path, Path], ray_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local, distributed = twin_workspaces
-    monkeypatch.setenv("REFINERY_FAULT_KILL_WORKER", "near_dup:sketch:2")
-    monkeypatch.setenv("REFINERY_FAULT_DIR", str(tmp_path))
-    config = ray_config(tmp_path, shard_records=200, max_retries=2)
+    config = kill_once(monkeypatch, tmp_path, "near_dup:sketch:2", max_retries=2)
     result = run_cli(distributed, "scan", "--checks", CHECKS, "--executor", "ray", "--ray-address", ray_address,
                      "--config", config)  # fmt: skip
     marker = tmp_path / "refinery-killed-near_dup:sketch-2"
@@ -148,9 +154,7 @@ def test_a_task_that_keeps_losing_its_worker_fails_the_scan_and_leaves_nothing(
     tmp_path: Path, twin_workspaces: tuple[Path, Path], ray_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     local, distributed = twin_workspaces
-    monkeypatch.setenv("REFINERY_FAULT_KILL_WORKER", "pii:1")
-    monkeypatch.setenv("REFINERY_FAULT_DIR", str(tmp_path))
-    config = ray_config(tmp_path, shard_records=200, max_retries=0)
+    config = kill_once(monkeypatch, tmp_path, "pii:1", max_retries=0)
     args = ("scan", "--checks", CHECKS, "--executor", "ray", "--ray-address", ray_address, "--config", config)
     failed = invoke_cli(distributed, *args, "--json")
     assert failed.exit_code == 1
