@@ -83,8 +83,9 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
     ranks = {r.record_id: r.rank for r in records}
     prefix = {"pair": "nd_", "prompt": "ndp_", "response": "ndr_"}[config.scope]
     result = find_near_duplicates(
-        ids, texts, ranks, config, lookup.sketches, prefix, mode="clusters", shingles=shingles
-    )
+        ids, texts, ranks, config, lookup.sketches, prefix, mode="clusters", shingles=shingles,
+        executor=ctx.executor, stage=SCOPE_CHECKS[config.scope],
+    )  # fmt: skip
     del shingles, collect
     sketched, reused = lookup.sketched, lookup.reused
     del lookup, ranks  # the signatures (512 MB at 1M records) are not needed for the findings

@@ -16,6 +16,7 @@ from schemas.errors import Failure, InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
+P = TypeVar("P")
 
 
 class ExecutorError(Failure):
@@ -88,6 +89,21 @@ class Executor(Protocol):
         ``factory()`` once (a model loaded once per worker); the results in shard order."""
         ...
 
+    def shuffle(
+        self,
+        map_fn: Callable[[T], Sequence[P]],
+        shards: Sequence[T],
+        reduce_fn: Callable[[list[P]], R],
+        *,
+        partitions: int,
+        stage: str,
+    ) -> Iterator[R]:
+        """A shuffle: ``map_fn(shard)`` cuts each shard's output into ``partitions`` parts; ``reduce_fn`` gets part
+        ``p`` of every shard, in shard order, and its results come back in partition order. On Ray the parts go from
+        the map tasks to the reduce tasks through the object store, never through the driver (stages
+        ``STAGE:map`` and ``STAGE:reduce``)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -130,6 +146,25 @@ class LocalExecutor:
     ) -> Iterator[Any]:
         actor = factory()
         yield from self.map(getattr(actor, method), shards, stage=stage)
+
+    def shuffle(
+        self,
+        map_fn: Callable[[T], Sequence[P]],
+        shards: Sequence[T],
+        reduce_fn: Callable[[list[P]], R],
+        *,
+        partitions: int,
+        stage: str,
+    ) -> Iterator[R]:
+        columns: list[list[P]] = [[] for _ in range(partitions)]
+        for parts in self.map(map_fn, shards, stage=f"{stage}:map"):
+            if len(parts) != partitions:
+                raise ValueError(f"stage {stage}: a map task gave {len(parts)} parts, not {partitions}")
+            for column, part in zip(columns, parts, strict=True):
+                column.append(part)
+        reduce = self.map(reduce_fn, columns, stage=f"{stage}:reduce")
+        del columns  # each column goes as its reduce task ends
+        yield from reduce
 
     def close(self) -> None:
         return None

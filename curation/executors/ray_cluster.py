@@ -33,6 +33,23 @@ def _task(fn: Callable[[T], R], shard: T, stage: str, index: int, kill: KillOnce
     return result, f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb()
 
 
+def _map_task(
+    fn: Callable[[T], Sequence[Any]], shard: T, partitions: int, stage: str, index: int, kill: KillOnce | None
+) -> tuple[Any, ...]:
+    """A shuffle's map task: its ``partitions`` parts (each its own object), then the worker's name and peak RSS."""
+    parts, worker, rss = _task(fn, shard, stage, index, kill)
+    if len(parts) != partitions:
+        raise ValueError(f"stage {stage}: a map task gave {len(parts)} parts, not {partitions}")
+    return (*parts, (worker, rss))
+
+
+def _reduce_task(
+    fn: Callable[[list[Any]], R], stage: str, index: int, kill: KillOnce | None, *parts: Any
+) -> tuple[R, str, float]:
+    """A shuffle's reduce task: Ray resolves the parts (top-level arguments) from the object store."""
+    return _task(fn, list(parts), stage, index, kill)
+
+
 class _Worker:
     """An actor: builds its object once (a model loaded once per worker), then serves calls."""
 
@@ -83,7 +100,10 @@ class RayExecutor:
         except BaseException:
             self._quiet_stdout.__exit__(None, None, None)
             raise
-        self._remote: Any = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)(_task)
+        remote = ray.remote(num_cpus=1, max_retries=config.max_retries, retry_exceptions=False)
+        self._remote: Any = remote(_task)
+        self._map_remote: Any = remote(_map_task)
+        self._reduce_remote: Any = remote(_reduce_task)
 
     def _connect(self, ray: Any, config: ExecutorConfig) -> None:
         if not ray.is_initialized():
@@ -120,10 +140,12 @@ class RayExecutor:
     def _in_flight(self) -> int:
         return self.config.max_in_flight or 2 * self.cpus()
 
-    def _collect(self, ref: Any, stage: str, index: int, stats: StageStats) -> Any:
+    def _get(self, ref: Any, stage: str, index: int) -> Any:
+        """``ray.get(ref)``: a task that raised raises its own exception; one whose worker died on every try fails
+        the stage with :class:`ExecutorError`."""
         ray = self.ray
         try:
-            result, worker, rss = ray.get(ref)
+            return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:  # the function raised: the stage fails with its exception
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             raise cause from None
@@ -133,6 +155,9 @@ class RayExecutor:
                 f"scan stage {stage}: shard {index} lost its worker on each of its {self.config.max_retries + 1} "
                 f"tries ({exc.__class__.__name__}); nothing of the scan was stored, rerun it"
             ) from exc
+
+    def _collect(self, ref: Any, stage: str, index: int, stats: StageStats) -> Any:
+        result, worker, rss = self._get(ref, stage, index)
         stats.tasks += 1
         stats.workers.add(worker)
         stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
@@ -163,6 +188,48 @@ class RayExecutor:
             i, ref = pending.popleft()
             yield self._collect(ref, stage, i, stats)
         stats.seconds += time.monotonic() - started
+
+    def shuffle(
+        self,
+        map_fn: Callable[[T], Sequence[Any]],
+        shards: Sequence[T],
+        reduce_fn: Callable[[list[Any]], R],
+        *,
+        partitions: int,
+        stage: str,
+    ) -> Iterator[R]:
+        map_stage, reduce_stage = f"{stage}:map", f"{stage}:reduce"
+        map_stats = self.stats.setdefault(map_stage, StageStats())
+        kill = planned_kill()
+        started = time.monotonic()
+        # every map task's parts stay in the object store (spilled to disk when it fills) until the reducers read
+        # them; the driver holds their refs only, and waits on each task's last return (its worker and RSS)
+        outputs = []
+        for index, shard in enumerate(shards):
+            refs = self._map_remote.options(num_returns=partitions + 1).remote(
+                map_fn, self._ref(shard), partitions, map_stage, index, kill
+            )
+            outputs.append(list(refs))
+        for index, refs in enumerate(outputs):
+            worker, rss = self._get(refs[-1], map_stage, index)
+            map_stats.tasks += 1
+            map_stats.workers.add(worker)
+            map_stats.worker_peak_rss_mb = max(map_stats.worker_peak_rss_mb, rss)
+        map_stats.seconds += time.monotonic() - started
+        reduce_stats = self.stats.setdefault(reduce_stage, StageStats())
+        started = time.monotonic()
+        pending: deque[tuple[int, Any]] = deque()
+        for p in range(partitions):
+            parts = [refs[p] for refs in outputs]
+            pending.append((p, self._reduce_remote.remote(reduce_fn, reduce_stage, p, kill, *parts)))
+            while len(pending) >= self._in_flight():
+                i, ref = pending.popleft()
+                yield self._collect(ref, reduce_stage, i, reduce_stats)
+        del outputs
+        while pending:
+            i, ref = pending.popleft()
+            yield self._collect(ref, reduce_stage, i, reduce_stats)
+        reduce_stats.seconds += time.monotonic() - started
 
     def map_actors(
         self, factory: Callable[[], Any], method: str, shards: Sequence[T], *, stage: str, pool: int | None = None

@@ -34,11 +34,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from curation.similarity.band_shuffle import distributed_band_runs
 from curation.similarity.exact import DuplicateCluster, KeepRank, rank_key
 from curation.similarity.jaccard import ShingleRuns, ShingleSets, verify_pairs
 from curation.similarity.lsh import candidate_pairs, collision_probability, optimal_params
@@ -46,6 +47,9 @@ from curation.similarity.minhash import MinHasher, MinHashParams, Sketches, esti
 from curation.similarity.near_dup_join import JoinPlan, JoinState, band_runs, join_clusters
 from curation.similarity.shingles import ShingleBatch
 from curation.similarity.union_find import ArrayUnionFind
+
+if TYPE_CHECKING:
+    from curation.executors import Executor
 
 Scope = Literal["pair", "prompt", "response"]
 JoinMode = Literal["pairs", "clusters"]
@@ -158,13 +162,17 @@ def find_near_duplicates(
     *,
     mode: JoinMode = "pairs",
     shingles: ShingleRuns | None = None,
+    executor: Executor | None = None,
+    stage: str = "near_dup",
 ) -> NearDupResult:
     """Near-duplicate clusters among ``texts`` (``sketches``, when given, are aligned with the input order).
 
     ``mode="pairs"`` verifies every candidate pair, so ``pairs`` holds every pair found above the threshold
     (for checks that read pairs); ``mode="clusters"`` runs the linear join of :mod:`curation.similarity.near_dup_join`:
     the clusters and similarities to the kept member, with ``pairs`` only the verified pairs that joined them.
-    ``shingles`` (clusters mode) holds sets collected while sketching, numbered like the input.
+    ``shingles`` (clusters mode) holds sets collected while sketching, numbered like the input. With a distributed
+    ``executor`` (clusters mode), the band keys are computed and joined there (stage ``STAGE:bands``,
+    :mod:`curation.similarity.band_shuffle`); the clusters do not change.
     """
     config = config or NearDupConfig()
     if len(record_ids) != len(texts):
@@ -191,7 +199,9 @@ def find_near_duplicates(
     clock.append(time.perf_counter())
     finder = ArrayUnionFind(len(ids))
     if mode == "clusters":
-        good_left, good_right, similarity, sets, stats = _join_clusters(texts, sketches, config, finder, shingles)
+        good_left, good_right, similarity, sets, stats = _join_clusters(
+            texts, sketches, config, finder, shingles, executor, f"{stage}:bands"
+        )
     else:
         good_left, good_right, similarity, sets, stats = _join_pairs(texts, sketches, config, finder)
     clock.append(time.perf_counter())  # the join's own stage times are in stats
@@ -226,12 +236,17 @@ def _join_clusters(
     config: NearDupConfig,
     finder: ArrayUnionFind,
     shingles: ShingleRuns | None,
+    executor: Executor | None = None,
+    stage: str = "near_dup:bands",
 ) -> JoinOutput:
     """The linear join: buckets per band, shingle sets of their members, :func:`join_clusters`."""
     started = time.perf_counter()
     bands, rows = config.band_params()
     active = np.flatnonzero(sketches.n_shingles > 0)
-    runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
+    if executor is not None and executor.kind != "local":
+        runs = distributed_band_runs(executor, sketches.signatures, active, bands, rows, stage)
+    else:
+        runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
     sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
     floor = sampled_floor = -1.0
     if config.prefilter_sigmas is not None:

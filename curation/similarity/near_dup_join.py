@@ -67,20 +67,32 @@ def band_runs(signatures: np.ndarray, index: np.ndarray, band: int, rows: int) -
     """Buckets of two or more of the rows ``index`` in ``band``; members in an order drawn anew per band."""
     if len(signatures) >= 2**31:
         raise ValueError("more than 2^31 texts: row indices are kept as int32")
-    keys = band_key(signatures, band, rows, index)
+    return band_runs_from_keys(band_key(signatures, band, rows, index), index, band)
+
+
+def band_runs_from_keys(keys: np.ndarray, index: np.ndarray, band: int, drawn: np.ndarray | None = None) -> BandRuns:
+    """:func:`band_runs` from the keys of the rows ``index`` (ascending) in ``band``.
+
+    Rows whose key no other row has may be left out (the band shuffle sends only the others): the buckets and their
+    order do not change. ``drawn`` (aligned with ``index``, default ``index``) is what the order within a bucket is
+    drawn from: a caller that numbers a subset of the texts ``0..m-1`` passes their row numbers among all the texts
+    and gets the buckets, and the clusters, that numbering all of them would give.
+    """
+    drawn = index if drawn is None else drawn
     order = np.argsort(keys, kind="stable")
     sorted_keys = keys[order]
     new_run = np.ones(len(order), dtype=bool)
     np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_run[1:])
     run_id = np.cumsum(new_run) - 1
-    shared = np.bincount(run_id)[run_id] >= 2
+    shared = np.bincount(run_id)[run_id] >= 2 if len(run_id) else new_run
     members, run_id = index[order[shared]].astype(np.int32), run_id[shared]  # half the memory of int64
     if not len(members):
         return BandRuns(members, np.zeros(1, dtype=np.int64))
     first = np.ones(len(members), dtype=bool)
     first[1:] = run_id[1:] != run_id[:-1]
     dense = (np.cumsum(first) - 1).astype(np.uint64)
-    draw = fmix64(members.astype(np.uint64) * _GOLDEN + _SALT + np.uint64(band)) >> np.uint64(32)
+    source = np.asarray(drawn)[order[shared]].astype(np.uint64)
+    draw = fmix64(source * _GOLDEN + _SALT + np.uint64(band)) >> np.uint64(32)
     members = members[np.argsort((dense << np.uint64(32)) | draw)]
     return BandRuns(members, np.append(np.flatnonzero(first), len(members)).astype(np.int64))
 
