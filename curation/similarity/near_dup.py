@@ -133,6 +133,14 @@ class NearDupConfig(BaseModel):
             return self.bands, self.rows
         return optimal_params(self.threshold, self.num_perm, self.false_positive_weight, self.false_negative_weight)
 
+    def prefilter_floors(self) -> tuple[float, float]:
+        """The MinHash estimates below which a candidate is not verified: (exact steps, sampled steps)."""
+        if self.prefilter_sigmas is None:
+            return -1.0, -1.0
+        sigma = math.sqrt(self.threshold * (1 - self.threshold) / self.num_perm)
+        floor = self.threshold - self.prefilter_sigmas * sigma
+        return floor, max(floor, self.threshold - self.sampled_prefilter_sigmas * sigma)
+
     def minhash_params(self) -> MinHashParams:
         return MinHashParams(num_perm=self.num_perm, ngram=self.ngram, seed=self.seed)
 
@@ -205,8 +213,8 @@ def find_near_duplicates(
     else:
         good_left, good_right, similarity, sets, stats = _join_pairs(texts, sketches, config, finder)
     clock.append(time.perf_counter())  # the join's own stage times are in stats
-    nearest = _nearest(ids, good_left, good_right, similarity)
-    clusters = _clusters(ids, finder.groups(), ranks, sets, prefix)
+    nearest = nearest_neighbours(ids, good_left, good_right, similarity)
+    clusters = clusters_of(ids, finder.groups(), ranks, sets, prefix)
     clock.append(time.perf_counter())
     sketch_seconds, join_seconds, cluster_seconds = np.diff(clock).round(3).tolist()
     candidates_seconds = stats.pop("candidates_seconds")
@@ -248,11 +256,7 @@ def _join_clusters(
     else:
         runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
     sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
-    floor = sampled_floor = -1.0
-    if config.prefilter_sigmas is not None:
-        sigma = math.sqrt(config.threshold * (1 - config.threshold) / config.num_perm)
-        floor = config.threshold - config.prefilter_sigmas * sigma
-        sampled_floor = max(floor, config.threshold - config.sampled_prefilter_sigmas * sigma)
+    floor, sampled_floor = config.prefilter_floors()
     state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)
     candidates_seconds = time.perf_counter() - started
     plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
@@ -292,7 +296,9 @@ def _collect(runs: ShingleRuns, lo: int, hi: int, batch: ShingleBatch) -> None:
     runs.add(np.arange(lo, hi), batch)
 
 
-def _nearest(ids: list[str], left: np.ndarray, right: np.ndarray, similarity: np.ndarray) -> dict[str, Neighbour]:
+def nearest_neighbours(
+    ids: list[str], left: np.ndarray, right: np.ndarray, similarity: np.ndarray
+) -> dict[str, Neighbour]:
     """Most similar verified neighbour of each record (ties: the smallest record id)."""
     me = np.concatenate([left, right])
     other = np.concatenate([right, left])
@@ -307,7 +313,7 @@ def _nearest(ids: list[str], left: np.ndarray, right: np.ndarray, similarity: np
     }
 
 
-def _clusters(
+def clusters_of(
     ids: list[str], groups: list[list[int]], ranks: dict[str, KeepRank], sets: ShingleSets, prefix: str
 ) -> list[DuplicateCluster]:
     """A cluster per group: the kept member by rank, and every member's exact similarity to it."""
