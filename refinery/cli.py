@@ -24,9 +24,11 @@ from refinery.cli_context import (
     cli_errors,
     create_workspace,
     current_workspace,
+    executor_config,
     load_config,
     quiet_progress,
 )
+from refinery.cli_dedup import register as register_dedup_commands
 from refinery.cli_quality import register as register_quality_commands
 from refinery.cli_registry import register as register_registry_commands
 from refinery.cli_report import register as register_report_commands
@@ -208,23 +210,10 @@ def scan(
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""
     with cli_errors():
-        from pydantic import ValidationError
-
         from curation.checks import DEFAULT_CHECKS, run_scan
-        from curation.executors import ExecutorConfig
 
         per_check: dict[str, Any] = load_config(config) if config else {}
-        where: dict[str, Any] = dict(per_check.pop("executor", {}) or {})
-        if executor is not None:
-            where["kind"] = executor
-        if ray_address is not None:
-            where["ray_address"] = ray_address
-            where.setdefault("kind", "ray")
-        try:
-            executor_config = ExecutorConfig(**where)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            raise UsageError(f"executor: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
+        executor_settings = executor_config(dict(per_check.pop("executor", {}) or {}), executor, ray_address)
         # None: the default set plus any check the config file configures (run_scan leaves out, and says so, a
         # default check whose optional extra is missing)
         names = None if checks is None else [c.strip() for c in checks.split(",") if c.strip()]
@@ -238,7 +227,7 @@ def scan(
             for name in targets:
                 per_check.setdefault(name, {}).update(given)
         ws = current_workspace()
-        result = run_scan(ws.catalog, names, per_check or None, executor_config)
+        result = run_scan(ws.catalog, names, per_check or None, executor_settings)
         if as_json:
             emit_json(result.to_json())
         else:
@@ -380,6 +369,7 @@ register_audit_commands(app)
 register_workspace_commands(app)
 register_review_commands(app)
 register_quality_commands(app)
+register_dedup_commands(app)
 register_sql_commands(app)
 register_service_commands(app)
 

@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -36,6 +36,9 @@ from refinery.workspace import WORKSPACE_ENV, Workspace, open_workspace, resolve
 from schemas.atomic import disk_full_error, is_disk_full
 from schemas.catalog import CATALOG_NAME
 from schemas.errors import Failure, InputError
+
+if TYPE_CHECKING:
+    from curation.executors import ExecutorConfig
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # a failed check, gate or verification
@@ -104,6 +107,26 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def executor_config(settings: dict[str, Any], kind: str | None, ray_address: str | None) -> ExecutorConfig:
+    """Where the heavy stages run: the config file's ``executor`` mapping, ``--executor`` and ``--ray-address`` over
+    it (an address alone means Ray); a wrong setting is a usage error."""
+    from pydantic import ValidationError
+
+    from curation.executors import ExecutorConfig
+
+    where = dict(settings)
+    if kind is not None:
+        where["kind"] = kind
+    if ray_address is not None:
+        where["ray_address"] = ray_address
+        where.setdefault("kind", "ray")
+    try:
+        return ExecutorConfig(**where)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UsageError(f"executor: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
 
 
 def quiet_progress(quiet: bool) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -57,7 +58,16 @@ class StageStats:
     tasks: int = 0
     seconds: float = 0.0
     worker_peak_rss_mb: float = 0.0
+    worker_peak_private_mb: float | None = None  # the largest task's peak own memory (PrivateMemoryWatch)
     workers: set[str] = field(default_factory=set)
+
+    def add(self, worker: str, rss_mb: float, private_mb: float | None) -> None:
+        """One task done on ``worker`` whose process's peak RSS was ``rss_mb`` and its own memory ``private_mb``."""
+        self.tasks += 1
+        self.workers.add(worker)
+        self.worker_peak_rss_mb = max(self.worker_peak_rss_mb, rss_mb)
+        if private_mb is not None:
+            self.worker_peak_private_mb = max(self.worker_peak_private_mb or 0.0, private_mb)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +75,9 @@ class StageStats:
             "seconds": round(self.seconds, 3),
             "workers": len(self.workers),
             "worker_peak_rss_mb": round(self.worker_peak_rss_mb, 1),
+            "worker_peak_private_mb": None
+            if self.worker_peak_private_mb is None
+            else round(self.worker_peak_private_mb, 1),
         }
 
 
@@ -113,6 +126,51 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
+class PrivateMemoryWatch:
+    """Peak anonymous memory (``RssAnon``: the process's own, without the shared object-store pages a Ray worker maps)
+    while a block runs, sampled every ``interval`` seconds from ``/proc/self/status`` by a thread. ``peak_mb`` is
+    None where there is no ``/proc`` (macOS). A spike shorter than the interval can be missed."""
+
+    def __init__(self, interval: float = 0.01) -> None:
+        self.interval = interval
+        self.peak_mb: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def current_mb() -> float | None:
+        try:
+            with open("/proc/self/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("RssAnon:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def _sample(self) -> None:
+        while True:
+            now = self.current_mb()
+            if now is not None:
+                self.peak_mb = max(self.peak_mb or 0.0, now)
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> PrivateMemoryWatch:
+        if self.current_mb() is not None:
+            self._thread = threading.Thread(target=self._sample, name="memory-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        now = self.current_mb()
+        if now is not None:
+            self.peak_mb = max(self.peak_mb or 0.0, now)
+
+
 def shards_of(items: Sequence[T], size: int) -> list[Sequence[T]]:
     """``items`` cut into consecutive shards of at most ``size``."""
     return [items[lo : lo + size] for lo in range(0, len(items), size)]
@@ -132,11 +190,11 @@ class LocalExecutor:
         stats = self.stats.setdefault(stage, StageStats())
         for shard in shards:
             started = time.monotonic()
-            yield fn(shard)
-            stats.tasks += 1
+            with PrivateMemoryWatch() as watch:
+                result = fn(shard)
+            stats.add("local", peak_rss_mb(), watch.peak_mb)
             stats.seconds += time.monotonic() - started
-        stats.workers.add("local")
-        stats.worker_peak_rss_mb = peak_rss_mb()
+            yield result
 
     def pin(self, shards: list[T]) -> list[T]:
         return shards

@@ -17,7 +17,14 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from curation.executors.base import ExecutorConfig, ExecutorError, ExecutorUnavailable, StageStats, peak_rss_mb
+from curation.executors.base import (
+    ExecutorConfig,
+    ExecutorError,
+    ExecutorUnavailable,
+    PrivateMemoryWatch,
+    StageStats,
+    peak_rss_mb,
+)
 from curation.executors.faults import KillOnce, planned_kill
 from schemas.progress import log
 
@@ -25,27 +32,31 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _task(fn: Callable[[T], R], shard: T, stage: str, index: int, kill: KillOnce | None) -> tuple[R, str, float]:
-    """What runs on a worker: the fault hook, the function, and the worker's name and peak RSS."""
+Info = tuple[str, float, float | None]  # a task's worker, that process's peak RSS, the task's peak own memory
+
+
+def _task(fn: Callable[[T], R], shard: T, stage: str, index: int, kill: KillOnce | None) -> tuple[R, Info]:
+    """What runs on a worker: the fault hook, the function, and where it ran and the memory it took."""
     if kill is not None:
         kill.strike(stage, index)
-    result = fn(shard)
-    return result, f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb()
+    with PrivateMemoryWatch() as watch:
+        result = fn(shard)
+    return result, (f"{socket.gethostname()}:{os.getpid()}", peak_rss_mb(), watch.peak_mb)
 
 
 def _map_task(
     fn: Callable[[T], Sequence[Any]], shard: T, partitions: int, stage: str, index: int, kill: KillOnce | None
 ) -> tuple[Any, ...]:
-    """A shuffle's map task: its ``partitions`` parts (each its own object), then the worker's name and peak RSS."""
-    parts, worker, rss = _task(fn, shard, stage, index, kill)
+    """A shuffle's map task: its ``partitions`` parts (each its own object), then where it ran and its memory."""
+    parts, info = _task(fn, shard, stage, index, kill)
     if len(parts) != partitions:
         raise ValueError(f"stage {stage}: a map task gave {len(parts)} parts, not {partitions}")
-    return (*parts, (worker, rss))
+    return (*parts, info)
 
 
 def _reduce_task(
     fn: Callable[[list[Any]], R], stage: str, index: int, kill: KillOnce | None, *parts: Any
-) -> tuple[R, str, float]:
+) -> tuple[R, Info]:
     """A shuffle's reduce task: Ray resolves the parts (top-level arguments) from the object store."""
     return _task(fn, list(parts), stage, index, kill)
 
@@ -56,7 +67,7 @@ class _Worker:
     def __init__(self, factory: Callable[[], Any]) -> None:
         self.target = factory()
 
-    def call(self, method: str, shard: Any, stage: str, index: int, kill: KillOnce | None) -> tuple[Any, str, float]:
+    def call(self, method: str, shard: Any, stage: str, index: int, kill: KillOnce | None) -> tuple[Any, Info]:
         return _task(getattr(self.target, method), shard, stage, index, kill)
 
 
@@ -157,10 +168,8 @@ class RayExecutor:
             ) from exc
 
     def _collect(self, ref: Any, stage: str, index: int, stats: StageStats) -> Any:
-        result, worker, rss = self._get(ref, stage, index)
-        stats.tasks += 1
-        stats.workers.add(worker)
-        stats.worker_peak_rss_mb = max(stats.worker_peak_rss_mb, rss)
+        result, info = self._get(ref, stage, index)
+        stats.add(*info)
         return result
 
     def pin(self, shards: list[T]) -> list[T]:
@@ -211,10 +220,7 @@ class RayExecutor:
             )
             outputs.append(list(refs))
         for index, refs in enumerate(outputs):
-            worker, rss = self._get(refs[-1], map_stage, index)
-            map_stats.tasks += 1
-            map_stats.workers.add(worker)
-            map_stats.worker_peak_rss_mb = max(map_stats.worker_peak_rss_mb, rss)
+            map_stats.add(*self._get(refs[-1], map_stage, index))
         map_stats.seconds += time.monotonic() - started
         reduce_stats = self.stats.setdefault(reduce_stage, StageStats())
         started = time.monotonic()

@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curation.executors.base import peak_rss_mb
 from curation.similarity.band_shuffle import band_parts, partitions_for, shared_by_band, shared_entries
 from curation.similarity.exact import DuplicateCluster, KeepRank
 from curation.similarity.jaccard import ShingleRuns, ShingleSets
@@ -43,11 +44,13 @@ from curation.similarity.near_dup_join import JoinPlan, JoinState, band_runs_fro
 from curation.similarity.shingles import ShingleBatch, shingle_batch
 from curation.similarity.union_find import ArrayUnionFind
 from schemas.errors import InputError
+from schemas.progress import log, progress
 
 if TYPE_CHECKING:
     from curation.executors import Executor
 
 COLUMNS = ("record_id", "prompt", "response")
+GATHER_BATCH = 2_000  # texts shingled at once by a gather task
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Gathered:
     rows: np.ndarray  # global rows, ascending
     ids: list[str]
     signatures: np.ndarray
-    shingles: ShingleBatch
+    shingles: list[tuple[np.ndarray, ShingleBatch]]  # (rows, their shingles), a batch at a time
     empty: int
 
 
@@ -134,7 +137,11 @@ def _gather(config: NearDupConfig, workdir: str, task: tuple[FileShard, np.ndarr
     local = rows - shard.first_row
     blobs = signatures.column("signature").take(pa.array(local)).to_pylist()
     ids, texts = _texts(shard.path, config.scope, local) if len(local) else ([], [])
-    return Gathered(rows, ids, from_bytes(blobs, config.num_perm), shingle_batch(texts, config.ngram), empty)
+    batches = [
+        (rows[lo : lo + GATHER_BATCH], shingle_batch(texts[lo : lo + GATHER_BATCH], config.ngram))
+        for lo in range(0, len(texts), GATHER_BATCH)
+    ]  # a batch at a time: shingling holds several arrays per character of the texts it is given
+    return Gathered(rows, ids, from_bytes(blobs, config.num_perm), batches, empty)
 
 
 def near_dup_files(
@@ -143,57 +150,67 @@ def near_dup_files(
     """Near-duplicate clusters of the records in ``paths`` (see the module docstring); ``workdir`` holds the
     signatures and ``clusters.parquet``."""
     clock = {"start": time.monotonic()}
+    rss: dict[str, float] = {}
     shards = file_shards(paths)
     total = shards[-1].first_row + shards[-1].rows if shards else 0
     (workdir / "signatures").mkdir(parents=True, exist_ok=True)
     bands = config.band_params()[0]
     partitions = partitions_for(total, bands)
+    log(f"near_dup: {total:,} records in {len(shards)} files: sketch and band shuffle ({partitions} partitions)")
     task = functools.partial(_sketch_and_band, config, str(workdir), partitions)
     found = executor.shuffle(task, shards, shared_entries, partitions=partitions, stage="near_dup:bands")
     per_band = shared_by_band(found, bands)
     clock["bands"] = time.monotonic()
+    rss["bands"] = round(peak_rss_mb())
     needed = np.unique(np.concatenate([r for r, _ in per_band])) if per_band else np.zeros(0, dtype=np.int64)
     starts = np.array([s.first_row for s in shards], dtype=np.int64)
     owner = np.searchsorted(starts, needed, side="right") - 1
     tasks = [(s, needed[owner == s.index]) for s in shards]
-    gathered = list(executor.map(functools.partial(_gather, config, str(workdir)), tasks, stage="near_dup:gather"))
-    clock["gather"] = time.monotonic()
-    m = len(needed)
-    ids = [i for g in gathered for i in g.ids]
-    signatures = (
-        np.concatenate([g.signatures for g in gathered])
-        if gathered
-        else np.zeros((0, config.num_perm), dtype=np.uint32)
-    )
-    collected = ShingleRuns()
-    for g in gathered:
-        collected.add(np.searchsorted(needed, g.rows), g.shingles)
-    empty = sum(g.empty for g in gathered)
-    del gathered
-    runs = [
+    runs = [  # the rows numbered 0..m-1, the orders in buckets drawn from their row numbers
         band_runs_from_keys(keys, np.searchsorted(needed, band_rows), band, drawn=band_rows)
         for band, (band_rows, keys) in enumerate(per_band)
     ]
     del per_band
-    sets = ShingleSets(
-        [], np.concatenate([r.members for r in runs]) if runs else needed, config.ngram, collected=collected
-    )
+    log(f"near_dup: {len(needed):,} records share an LSH bucket ({clock['bands'] - clock['start']:.1f} s); gather")
+    m = len(needed)
+    ids: list[str] = []
+    signatures = np.zeros((m, config.num_perm), dtype=np.uint32)
+    collected = ShingleRuns()
+    empty = 0
+    with progress("near_dup: gather", total=len(shards)) as bar:
+        gather = functools.partial(_gather, config, str(workdir))
+        for part in executor.map(gather, tasks, stage="near_dup:gather"):  # each file's rows, as they come back
+            at = np.searchsorted(needed, part.rows)
+            ids.extend(part.ids)  # files in order, rows ascending in each: ids follow ``needed``
+            signatures[at] = part.signatures
+            for batch_rows, batch in part.shingles:
+                collected.add(np.searchsorted(needed, batch_rows), batch)
+            empty += part.empty
+            del part
+            bar.advance(1)
+    clock["gather"] = time.monotonic()
+    rss["gather"] = round(peak_rss_mb())
+    sets = ShingleSets([], np.arange(m), config.ngram, collected=collected)  # every row is in a bucket
     floor, sampled_floor = config.prefilter_floors()
     finder = ArrayUnionFind(m)
     state = JoinState(finder, signatures, floor, config.threshold, sets.jaccard)
     plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
+    log(f"near_dup: join of {m:,} records")
     completion = join_clusters(state, runs, plan)
     clock["join"] = time.monotonic()
+    rss["join"] = round(peak_rss_mb())
     ranks = {rid: KeepRank(1, 0.0, ("", 0, 0), rid) for rid in ids}
     clusters = clusters_of(ids, finder.groups(), ranks, sets, prefix)
     nearest = nearest_neighbours(ids, *state.pairs())
     _write_clusters(workdir / "clusters.parquet", clusters, nearest)
     clock["cluster"] = time.monotonic()
+    rss["cluster"] = round(peak_rss_mb())
     names = ("bands", "gather", "join", "cluster")
     previous = ["start", *names[:-1]]
     stats = {
         "partitions": partitions,
         "stage_seconds": {k: round(clock[k] - clock[p], 3) for k, p in zip(names, previous, strict=True)},
+        "driver_peak_rss_mb": rss,  # the driver's peak RSS at the end of each stage
         "jaccard_computed": state.counts["verified"],
         "candidate_pairs": state.counts["candidates"],
         **completion,

@@ -83,8 +83,11 @@ def test_toolformer_and_banking77_default_scan_on_ray_equals_the_local_scan(
     shards = math.ceil(result["records"] / 2000)
     for stage in ("near_dup:sketch", "empty_response", "truncated", "repetitive", "refusal", "pii"):
         assert stages[stage]["tasks"] == shards, stage
+    # the LSH band join ran as a shuffle: band keys cut on the workers, joined by reduce tasks
+    assert stages["near_dup:bands:map"]["tasks"] >= shards - 1 and stages["near_dup:bands:reduce"]["tasks"] >= 1
     assert stages["embed:prompt"]["tasks"] >= 2 and stages["embed:response"]["tasks"] >= 1
     assert all(s["workers"] >= 1 and 50 < s["worker_peak_rss_mb"] < 4000 for s in stages.values())
+    assert all(5 < s["worker_peak_private_mb"] < 4000 for s in stages.values())  # a task's own memory, measured
     assert not stages_of(expected)  # the local scan says nothing of an executor
 
 
@@ -130,16 +133,28 @@ def kill_once(monkeypatch: pytest.MonkeyPatch, folder: Path, task: str, max_retr
     return ray_config(folder, shard_records=200, max_retries=max_retries)
 
 
+@pytest.mark.parametrize(
+    ("stage", "shard"),
+    [("near_dup:sketch", 2), ("near_dup:bands:map", 1), ("near_dup:bands:reduce", 0)],
+    ids=["sketch", "band-shuffle-map", "band-shuffle-reduce"],
+)
 def test_a_worker_killed_mid_stage_is_retried_and_changes_nothing(
-    tmp_path: Path, twin_workspaces: tuple[Path, Path], ray_address: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    twin_workspaces: tuple[Path, Path],
+    ray_address: str,
+    monkeypatch: pytest.MonkeyPatch,
+    stage: str,
+    shard: int,
 ) -> None:
     local, distributed = twin_workspaces
-    config = kill_once(monkeypatch, tmp_path, "near_dup:sketch:2", max_retries=2)
+    config = kill_once(monkeypatch, tmp_path, f"{stage}:{shard}", max_retries=2)
     result = run_cli(distributed, "scan", "--checks", CHECKS, "--executor", "ray", "--ray-address", ray_address,
                      "--config", config)  # fmt: skip
-    marker = tmp_path / "refinery-killed-near_dup:sketch-2"
-    assert marker.is_file() and int(marker.read_text()) > 0  # the worker of shard 2 did die (its pid)
-    assert stages_of(result)["near_dup:sketch"]["tasks"] == 6  # 1,200 records in shards of 200, each once
+    marker = tmp_path / f"refinery-killed-{stage}-{shard}"
+    assert marker.is_file() and int(marker.read_text()) > 0  # the worker of that shard did die (its pid)
+    stages = stages_of(result)
+    assert stages["near_dup:sketch"]["tasks"] == 6  # 1,200 records in shards of 200, each once
+    assert stages["near_dup:bands:map"]["tasks"] == 6 and stages["near_dup:bands:reduce"]["tasks"] == 1
     assert stored(local) == stored(distributed)
     assert result["pii"]["flagged"] == 6 and result["truncated"]["flagged"] >= 8
     # the shards' summaries joined by each check's rules equal the summary of one pass over every record

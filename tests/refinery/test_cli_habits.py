@@ -202,7 +202,14 @@ ARGS: dict[tuple[str, ...], list[str]] = {
     ("token", "list"): [],
     ("token", "revoke"): ["tok_0000000000000000"],
 }
-CREATING_OR_NO_WORKSPACE = {("ingest",), ("demo",), ("restore",), ("schema", "export"), ("review", "serve")}
+CREATING_OR_NO_WORKSPACE = {
+    ("ingest",),
+    ("demo",),
+    ("restore",),
+    ("schema", "export"),
+    ("review", "serve"),
+    ("dedup",),  # Parquet shards in, clusters.parquet out: no workspace
+}
 
 
 def _leaves() -> set[tuple[str, ...]]:
