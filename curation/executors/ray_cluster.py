@@ -212,15 +212,20 @@ class RayExecutor:
         kill = planned_kill()
         started = time.monotonic()
         # every map task's parts stay in the object store (spilled to disk when it fills) until the reducers read
-        # them; the driver holds their refs only, and waits on each task's last return (its worker and RSS)
-        outputs = []
+        # them; the driver holds their refs only, and waits on each task's last return (where it ran, its memory)
+        # with at most max_in_flight tasks submitted ahead (a shard sent with its task waits in the store meanwhile)
+        outputs: list[list[Any]] = []
+        done = 0
         for index, shard in enumerate(shards):
             refs = self._map_remote.options(num_returns=partitions + 1).remote(
                 map_fn, self._ref(shard), partitions, map_stage, index, kill
             )
             outputs.append(list(refs))
-        for index, refs in enumerate(outputs):
-            map_stats.add(*self._get(refs[-1], map_stage, index))
+            while len(outputs) - done >= self._in_flight():
+                map_stats.add(*self._get(outputs[done][-1], map_stage, done))
+                done += 1
+        for index in range(done, len(outputs)):
+            map_stats.add(*self._get(outputs[index][-1], map_stage, index))
         map_stats.seconds += time.monotonic() - started
         reduce_stats = self.stats.setdefault(reduce_stage, StageStats())
         started = time.monotonic()
