@@ -20,7 +20,7 @@ from refinery.output import JsonOpt, emit_json, print_facts
 
 def dedup(
     path: Annotated[Path, typer.Argument(help="A Parquet file, or a folder of Parquet shards (read in name order).")],
-    out: Annotated[Path, typer.Option(help="Folder for clusters.parquet and the signatures (created).")],
+    out: Annotated[Path, typer.Option(help="Folder for clusters.parquet (created).")],
     threshold: Annotated[float | None, typer.Option(help="Minimum exact Jaccard of a pair (0.7).")] = None,
     scope: Annotated[
         str | None, typer.Option(help="Compare the whole pair, the prompt or the response (pair).")
@@ -37,6 +37,9 @@ def dedup(
         str | None,
         typer.Option(help="--executor ray: 'auto' (the cluster of `ray start`), ray://HOST:10001, or unset: private."),
     ] = None,
+    keep_signatures: Annotated[
+        bool, typer.Option(help="Keep OUT/signatures (the MinHash signatures, 512 bytes a record).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Near-duplicate clusters of Parquet shards (record_id, prompt, response), without a workspace."""
@@ -66,7 +69,7 @@ def dedup(
             raise UsageError(f"{path}: no Parquet file in this folder")
         started = time.monotonic()
         with open_executor(where) as running:
-            result = near_dup_files(paths, near_dup, running, out)
+            result = near_dup_files(paths, near_dup, running, out, keep_signatures=keep_signatures)
             stages = {name: stats.to_json() for name, stats in running.stats.items()}
         payload = {
             "records": result.records,

@@ -110,11 +110,12 @@ class Executor(Protocol):
         *,
         partitions: int,
         stage: str,
+        on_map: Callable[[int], object] | None = None,
     ) -> Iterator[R]:
         """A shuffle: ``map_fn(shard)`` cuts each shard's output into ``partitions`` parts; ``reduce_fn`` gets part
         ``p`` of every shard, in shard order, and its results come back in partition order. On Ray the parts go from
         the map tasks to the reduce tasks through the object store, never through the driver (stages
-        ``STAGE:map`` and ``STAGE:reduce``)."""
+        ``STAGE:map`` and ``STAGE:reduce``). ``on_map(index)`` is called as each map task ends (progress)."""
         ...
 
     def close(self) -> None: ...
@@ -213,13 +214,16 @@ class LocalExecutor:
         *,
         partitions: int,
         stage: str,
+        on_map: Callable[[int], object] | None = None,
     ) -> Iterator[R]:
         columns: list[list[P]] = [[] for _ in range(partitions)]
-        for parts in self.map(map_fn, shards, stage=f"{stage}:map"):
+        for index, parts in enumerate(self.map(map_fn, shards, stage=f"{stage}:map")):
             if len(parts) != partitions:
                 raise ValueError(f"stage {stage}: a map task gave {len(parts)} parts, not {partitions}")
             for column, part in zip(columns, parts, strict=True):
                 column.append(part)
+            if on_map is not None:
+                on_map(index)
         reduce = self.map(reduce_fn, columns, stage=f"{stage}:reduce")
         del columns  # each column goes as its reduce task ends
         yield from reduce

@@ -206,6 +206,7 @@ class RayExecutor:
         *,
         partitions: int,
         stage: str,
+        on_map: Callable[[int], object] | None = None,
     ) -> Iterator[R]:
         map_stage, reduce_stage = f"{stage}:map", f"{stage}:reduce"
         map_stats = self.stats.setdefault(map_stage, StageStats())
@@ -223,9 +224,13 @@ class RayExecutor:
             outputs.append(list(refs))
             while len(outputs) - done >= self._in_flight():
                 map_stats.add(*self._get(outputs[done][-1], map_stage, done))
+                if on_map is not None:
+                    on_map(done)
                 done += 1
         for index in range(done, len(outputs)):
             map_stats.add(*self._get(outputs[index][-1], map_stage, index))
+            if on_map is not None:
+                on_map(index)
         map_stats.seconds += time.monotonic() - started
         reduce_stats = self.stats.setdefault(reduce_stage, StageStats())
         started = time.monotonic()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -145,10 +146,16 @@ def _gather(config: NearDupConfig, workdir: str, task: tuple[FileShard, np.ndarr
 
 
 def near_dup_files(
-    paths: Sequence[Path], config: NearDupConfig, executor: Executor, workdir: Path, prefix: str = "nd_"
+    paths: Sequence[Path],
+    config: NearDupConfig,
+    executor: Executor,
+    workdir: Path,
+    prefix: str = "nd_",
+    keep_signatures: bool = False,
 ) -> FileNearDupResult:
-    """Near-duplicate clusters of the records in ``paths`` (see the module docstring); ``workdir`` holds the
-    signatures and ``clusters.parquet``."""
+    """Near-duplicate clusters of the records in ``paths`` (see the module docstring) into ``workdir/clusters.parquet``;
+    the signatures the workers wrote under ``workdir/signatures`` are removed at the end unless ``keep_signatures``
+    (512 bytes a record: 5 GB at 10M)."""
     clock = {"start": time.monotonic()}
     rss: dict[str, float] = {}
     shards = file_shards(paths)
@@ -158,8 +165,11 @@ def near_dup_files(
     partitions = partitions_for(total, bands)
     log(f"near_dup: {total:,} records in {len(shards)} files: sketch and band shuffle ({partitions} partitions)")
     task = functools.partial(_sketch_and_band, config, str(workdir), partitions)
-    found = executor.shuffle(task, shards, shared_entries, partitions=partitions, stage="near_dup:bands")
-    per_band = shared_by_band(found, bands)
+    with progress("near_dup: sketch", total=len(shards)) as bar:
+        found = executor.shuffle(
+            task, shards, shared_entries, partitions=partitions, stage="near_dup:bands", on_map=lambda _: bar.advance(1)
+        )
+        per_band = shared_by_band(found, bands)
     clock["bands"] = time.monotonic()
     rss["bands"] = round(peak_rss_mb())
     needed = np.unique(np.concatenate([r for r, _ in per_band])) if per_band else np.zeros(0, dtype=np.int64)
@@ -203,6 +213,8 @@ def near_dup_files(
     clusters = clusters_of(ids, finder.groups(), ranks, sets, prefix)
     nearest = nearest_neighbours(ids, *state.pairs())
     _write_clusters(workdir / "clusters.parquet", clusters, nearest)
+    if not keep_signatures:
+        shutil.rmtree(workdir / "signatures", ignore_errors=True)
     clock["cluster"] = time.monotonic()
     rss["cluster"] = round(peak_rss_mb())
     names = ("bands", "gather", "join", "cluster")

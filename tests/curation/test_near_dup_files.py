@@ -162,7 +162,9 @@ def test_refinery_dedup_clusters_a_folder_of_shards_without_a_workspace(tmp_path
     assert {r["record_id"].split("-")[0] for r in table} == {f"r{b:03d}" for b in range(10)}
     assert all(r["kept_record_id"] == r["record_id"].split("-")[0] + "-0" for r in table)  # smallest id kept
     assert all(r["similarity_to_kept"] >= 0.7 for r in table)
-    assert not (tmp_path / "no-workspace").exists()
+    assert not (tmp_path / "no-workspace").exists() and not (out / "signatures").exists()  # removed at the end
+    kept = invoke_cli(tmp_path, "dedup", str(corpus), "--out", str(tmp_path / "kept"), "--keep-signatures", "--json")
+    assert kept.exit_code == 0 and len(list((tmp_path / "kept" / "signatures").glob("*.parquet"))) == 2
     bad = invoke_cli(tmp_path, "dedup", str(tmp_path / "missing"), "--out", str(out), "--json")
     assert bad.exit_code == 2 and json.loads(bad.stdout)["error"].endswith("missing does not exist")
     wrong = invoke_cli(tmp_path, "dedup", str(corpus), "--out", str(out), "--threshold", "2", "--json")
