@@ -177,7 +177,57 @@ def _mixed(value: str) -> bool:
     return any(c.isdigit() for c in value) and any(c.isalpha() for c in value)
 
 
+_DIGIT_RE = re.compile(r"\d")
+#: A run of 32 characters a high-entropy token is made of: every _HIGH_ENTROPY_RE match holds one.
+_LONG_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{32}")
+#: What each token pattern's match must contain (its literal prefix): a text without it is not searched.
+_TOKEN_NEEDS: dict[str, tuple[str, ...]] = {
+    "aws_key": ("AKIA", "ASIA"),
+    "github_token": ("gh",),
+    "openai_key": ("sk-",),
+    "slack_token": ("xox",),
+    "jwt": ("eyJ",),
+}
+
+
 def _candidates(text: str) -> Iterable[PiiMatch]:
+    """Every detector's matches. Each detector runs only on texts holding what all its matches hold (a digit, an
+    ``@``, a ``:``, its literal prefix...): the same matches as running all of them, at half the cost on real text."""
+    digits = _DIGIT_RE.search(text) is not None  # card, IBAN, phone and IPv4 numbers all hold a digit
+    if digits:  # the detectors run in the order of their ties in find_pii, the same with or without the gates
+        yield from _card_candidates(text)
+    for kind, pattern in _TOKEN_PATTERNS:
+        if not any(needed in text for needed in _TOKEN_NEEDS[kind]):
+            continue
+        for m in pattern.finditer(text):
+            value = m.group(0)
+            example = "EXAMPLE" in value.upper() or shannon_entropy(value) < 3.0 or not _mixed(value)
+            yield PiiMatch(kind, m.start(), m.end(), value, DOCUMENTATION if example else 1.0)
+    if "-----BEGIN" in text:
+        for m in _PRIVATE_KEY_RE.finditer(text):
+            yield PiiMatch("private_key", m.start(), m.end(), m.group(0), 1.0)
+    if ":" in text or "=" in text:  # a keyed secret's name is followed by one
+        for m in _KEYED_SECRET_RE.finditer(text):
+            value = m.group("value")
+            placeholder = _PLACEHOLDER_RE.search(value) or not _mixed(value) or shannon_entropy(value) < 3.0
+            score = DOCUMENTATION if placeholder else 0.9
+            yield PiiMatch("secret", m.start("value"), m.end("value"), value, score, m.group("name"))
+    if "@" in text:
+        for m in _EMAIL_RE.finditer(text):
+            domain = m.group(0).rpartition("@")[2]
+            yield PiiMatch(
+                "email", m.start(), m.end(), m.group(0), DOCUMENTATION if _DOC_DOMAINS_RE.search(domain) else 0.8
+            )
+    if digits:
+        yield from _phone_candidates(text)
+    if ":" in text:
+        yield from _ipv6_candidates(text)
+    if _LONG_RUN_RE.search(text) is not None:
+        yield from _high_entropy_candidates(text)
+
+
+def _card_candidates(text: str) -> Iterable[PiiMatch]:
+    """Card numbers and IBANs."""
     for m in _CARD_RE.finditer(text):
         digits = re.sub(r"\D", "", m.group(0))
         if 13 <= len(digits) <= 19 and _CARD_PREFIX_RE.match(digits) and luhn_valid(digits) and len(set(digits)) > 1:
@@ -185,23 +235,10 @@ def _candidates(text: str) -> Iterable[PiiMatch]:
     for m in _IBAN_RE.finditer(text):
         if iban_valid(m.group(0)):
             yield PiiMatch("iban", m.start(), m.end(), m.group(0), 1.0)
-    for kind, pattern in _TOKEN_PATTERNS:
-        for m in pattern.finditer(text):
-            value = m.group(0)
-            example = "EXAMPLE" in value.upper() or shannon_entropy(value) < 3.0 or not _mixed(value)
-            yield PiiMatch(kind, m.start(), m.end(), value, DOCUMENTATION if example else 1.0)
-    for m in _PRIVATE_KEY_RE.finditer(text):
-        yield PiiMatch("private_key", m.start(), m.end(), m.group(0), 1.0)
-    for m in _KEYED_SECRET_RE.finditer(text):
-        value = m.group("value")
-        placeholder = _PLACEHOLDER_RE.search(value) or not _mixed(value) or shannon_entropy(value) < 3.0
-        score = DOCUMENTATION if placeholder else 0.9
-        yield PiiMatch("secret", m.start("value"), m.end("value"), value, score, m.group("name"))
-    for m in _EMAIL_RE.finditer(text):
-        domain = m.group(0).rpartition("@")[2]
-        yield PiiMatch(
-            "email", m.start(), m.end(), m.group(0), DOCUMENTATION if _DOC_DOMAINS_RE.search(domain) else 0.8
-        )
+
+
+def _phone_candidates(text: str) -> Iterable[PiiMatch]:
+    """Phone numbers and IPv4 addresses."""
     for m in _PHONE_RE.finditer(text):
         value = m.group(0)
         digits = re.sub(r"\D", "", value)
@@ -218,6 +255,9 @@ def _candidates(text: str) -> Iterable[PiiMatch]:
         address = ipaddress.IPv4Address(m.group(0))
         personal = address.is_global and m.group(0) not in PUBLIC_SERVICES
         yield PiiMatch("ipv4", m.start(), m.end(), m.group(0), 0.6 if personal else DOCUMENTATION)
+
+
+def _ipv6_candidates(text: str) -> Iterable[PiiMatch]:
     for m in _IPV6_RE.finditer(text):
         value = m.group(0)
         if value.count(":") < 2:
@@ -227,6 +267,9 @@ def _candidates(text: str) -> Iterable[PiiMatch]:
         except ValueError:
             continue
         yield PiiMatch("ipv6", m.start(), m.end(), value, 0.6 if address6.is_global else DOCUMENTATION)
+
+
+def _high_entropy_candidates(text: str) -> Iterable[PiiMatch]:
     for m in _HIGH_ENTROPY_RE.finditer(text):
         value = m.group(0)
         is_hex = all(c in "0123456789abcdefABCDEF" for c in value)
