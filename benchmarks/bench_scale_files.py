@@ -7,16 +7,17 @@ The corpus is ``scale_corpus.py``'s (generated, no data needed: 30% of the recor
 sizes, 40 shared prompt templates, Zipf words), written once as Parquet files of ``--file-records`` records under
 ``--corpus`` (default: the system temp folder) and reused. Each executor runs
 ``curation.similarity.near_dup_files.near_dup_files`` in its own process (so its peak RSS is its own): on Ray, the
-sketch and the band shuffle run as tasks (one file per task), then the gather; the driver joins the rows that share
-an LSH bucket. Reported per executor: each stage's seconds, tasks, the largest peak of a task's own memory (RssAnon
-sampled while it ran: a Ray worker's RSS also counts the object-store pages it maps, and grows with the stage's
-output) and the largest worker RSS, the driver's peak RSS (and at the end of each stage), the rows the driver
-held, and the records per second of the whole run (Ray start-up and shut-down
-included). Recall against the planted truth: the planted pairs (two members of one family) in one cluster, over all
-planted pairs (counted, not sampled: a family of k members in c clusters of sizes k_i recalls sum C(k_i, 2) of its
-C(k, 2) pairs), the planted members clustered with another member of their family, and the clustered pairs that are
-not planted pairs. With both executors: the clusters compared (identical or the number of differences) and ray/local
-per stage (the overhead of Ray). Writes bench-results/scale-files-<n>.json; the last line is the final figure.
+sketch and the band shuffle run as tasks (one file per task); the driver groups the rows that share an LSH bucket,
+and the join tasks (per group of records linked by buckets) return the clusters. Reported per executor: each
+stage's seconds, tasks, the largest peak of a task's own memory (RssAnon sampled while it ran: a Ray worker's RSS
+also counts the object-store pages it maps, and grows with the stage's output) and the largest worker RSS, the
+driver's peak RSS (and at the end of each stage), the rows that share a bucket, and the records per second of the
+whole run (Ray start-up and shut-down included). Recall against the planted truth: the planted pairs (two members
+of one family) in one cluster, over all planted pairs (counted, not sampled: a family of k members in c clusters of
+sizes k_i recalls sum C(k_i, 2) of its C(k, 2) pairs), the planted members clustered with another member of their
+family, and the clustered pairs that are not planted pairs. With both executors: the clusters compared (identical
+or the number of differences) and ray/local per stage (the overhead of Ray). Writes
+bench-results/scale-files-<n>.json; the last line is the final figure.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def worker(args: argparse.Namespace) -> None:
         "driver_peak_rss_mb": round(peak_rss_mb()),
         "driver_rows": found.shared_rows,
         "empty": found.empty,
-        "clusters": len(found.clusters),
+        "clusters": found.clusters,
         "join": {k: v for k, v in found.stats.items() if k != "stage_seconds"},
     }
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -158,15 +159,7 @@ def stage_rows(name: str, result: dict[str, Any]) -> list[dict[str, Any]]:
                 "worker_rss_mb": stats["worker_peak_rss_mb"],
             }
         )
-    for stage in ("join", "cluster"):
-        rows.append(
-            {
-                "executor": name,
-                "stage": f"driver {stage}",
-                "seconds": result["stage_seconds"][stage],
-                **blank,
-            }
-        )
+    rows.append({"executor": name, "stage": "driver: groups", "seconds": result["stage_seconds"]["groups"], **blank})
     return rows
 
 

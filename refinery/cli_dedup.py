@@ -74,13 +74,13 @@ def dedup(
         payload = {
             "records": result.records,
             "files": len(paths),
-            "clusters": len(result.clusters),
-            "clustered": sum(len(c.members) for c in result.clusters),
-            "removed": sum(len(c.members) - 1 for c in result.clusters),
+            "clusters": result.clusters,
+            "clustered": result.clustered,
+            "removed": result.clustered - result.clusters,
             "empty": result.empty,
             "shared_rows": result.shared_rows,
             "seconds": round(time.monotonic() - started, 3),
-            "clusters_path": str(out / "clusters.parquet"),
+            "clusters_path": str(result.path),
             "executor": {"kind": where.kind, "stages": stages},
             **result.stats,
         }

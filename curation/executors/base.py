@@ -111,11 +111,13 @@ class Executor(Protocol):
         partitions: int,
         stage: str,
         on_map: Callable[[int], object] | None = None,
+        partition_data: Sequence[Any] | None = None,
     ) -> Iterator[R]:
         """A shuffle: ``map_fn(shard)`` cuts each shard's output into ``partitions`` parts; ``reduce_fn`` gets part
         ``p`` of every shard, in shard order, and its results come back in partition order. On Ray the parts go from
         the map tasks to the reduce tasks through the object store, never through the driver (stages
-        ``STAGE:map`` and ``STAGE:reduce``). ``on_map(index)`` is called as each map task ends (progress)."""
+        ``STAGE:map`` and ``STAGE:reduce``). ``on_map(index)`` is called as each map task ends (progress). With
+        ``partition_data``, reduce task ``p`` gets ``[partition_data[p], *parts]`` (what the driver knows of it)."""
         ...
 
     def close(self) -> None: ...
@@ -215,8 +217,9 @@ class LocalExecutor:
         partitions: int,
         stage: str,
         on_map: Callable[[int], object] | None = None,
+        partition_data: Sequence[Any] | None = None,
     ) -> Iterator[R]:
-        columns: list[list[P]] = [[] for _ in range(partitions)]
+        columns: list[list[Any]] = [[] if partition_data is None else [partition_data[p]] for p in range(partitions)]
         for index, parts in enumerate(self.map(map_fn, shards, stage=f"{stage}:map")):
             if len(parts) != partitions:
                 raise ValueError(f"stage {stage}: a map task gave {len(parts)} parts, not {partitions}")

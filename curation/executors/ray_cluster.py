@@ -207,6 +207,7 @@ class RayExecutor:
         partitions: int,
         stage: str,
         on_map: Callable[[int], object] | None = None,
+        partition_data: Sequence[Any] | None = None,
     ) -> Iterator[R]:
         map_stage, reduce_stage = f"{stage}:map", f"{stage}:reduce"
         map_stats = self.stats.setdefault(map_stage, StageStats())
@@ -237,6 +238,8 @@ class RayExecutor:
         pending: deque[tuple[int, Any]] = deque()
         for p in range(partitions):
             parts = [refs[p] for refs in outputs]
+            if partition_data is not None:
+                parts.insert(0, partition_data[p])
             pending.append((p, self._reduce_remote.remote(reduce_fn, reduce_stage, p, kill, *parts)))
             while len(pending) >= self._in_flight():
                 i, ref = pending.popleft()

@@ -103,9 +103,12 @@ class ShingleRuns:
 
     def add(self, positions: np.ndarray, batch: ShingleBatch) -> None:
         """The texts ``positions`` (in the caller's numbering) were shingled into ``batch``."""
+        self.add_sets(positions, *distinct_runs(batch))
+
+    def add_sets(self, positions: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> None:
+        """The sets of the texts ``positions``, as :func:`distinct_runs` gives them (one after another)."""
         if self.closed:
             raise RuntimeError("these shingle runs are in use by ShingleSets; collect into a new ShingleRuns")
-        values, sizes = distinct_runs(batch)
         if self.filled + len(values) > len(self.buffer):
             self.buffer.resize(max(2 * len(self.buffer), self.filled + len(values)), refcheck=False)
         self.buffer[self.filled : self.filled + len(values)] = values

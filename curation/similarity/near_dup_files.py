@@ -1,23 +1,30 @@
-"""Near-duplicate clusters of a corpus in Parquet shards, without one process holding the corpus or its signatures.
+"""Near-duplicate clusters of a corpus in Parquet shards, without one process holding the corpus, its signatures or
+the shingle sets of its duplicates.
 
 The path for corpora past one machine's memory (docs/SCALE.md). The records stay in their Parquet files (columns
 ``record_id``, ``prompt``, ``response``; rows numbered in file-name order, then row order), and every stage that
-touches all of them runs in tasks over the files, on the executor (this process, or Ray):
+touches them runs in tasks on the executor (this process, or Ray):
 
 1. **sketch and band** (shuffle ``near_dup:bands``): each map task reads one file, shingles and sketches its texts,
    writes their signatures next to it (``signatures/NNNNN.parquet`` under ``workdir``, atomically: a rerun task
    overwrites its own file) and cuts their LSH band keys into parts by key; each reduce task keeps the texts that
    share a bucket (:mod:`curation.similarity.band_shuffle`).
-2. **gather** (``near_dup:gather``): for each file, the rows that share a bucket: their ids, signatures and shingle
-   sets, read back from the file and its signatures.
-3. **join** (the driver): the linear join of :mod:`curation.similarity.near_dup_join` over those rows alone,
-   numbered ``0..m-1`` in row order with the bucket orders drawn from their row numbers, so the clusters, kept
-   members and similarities are those :func:`~curation.similarity.near_dup.find_near_duplicates` gives on every
-   record in the same order. The driver holds the rows that share a bucket (``m`` of ``n``), never the others.
+2. **groups** (driver): the texts that share a bucket, numbered ``0..m-1`` in row order, and their buckets; records
+   linked by any bucket form a group, and groups are packed, in order, into tasks of about :data:`TASK_ROWS` rows.
+3. **join** (shuffle ``near_dup:join``): each map task reads one file's rows that share a bucket (ids, signatures,
+   shingle sets) and cuts them by task; each reduce task runs the linear join of
+   :mod:`curation.similarity.near_dup_join` over its groups and returns their clusters. No pair crosses a group, and
+   the join's steps touch only the pairs of one group at a time, in the order the whole join would, so each group
+   gets the clusters it gets when every record is joined at once; the one decision over the whole corpus (whether
+   every bucket is completed: at most ``completion_limit`` pairs across clusters in all) is taken first, by a pass
+   of the same tasks that returns each one's count (``near_dup:count``), unless the buckets' pairs alone are within
+   the limit.
 
-Each worker holds one file at a time; a reduce task about :data:`~curation.similarity.band_shuffle.PART_ENTRIES`
-entries. The kept member of a cluster is its smallest record id (no review or quality ranks here). The clusters are
-written to ``workdir/clusters.parquet`` (one row per member), for the catalog's single writer to load.
+So the clusters, kept members and similarities are those of :func:`~curation.similarity.near_dup.find_near_duplicates`
+on every record in the same order (the orders within buckets are drawn from the global row numbers). The driver
+holds the rows' bucket numbers, never texts, signatures or shingle sets; a task holds its groups (the largest group
+bounds it). The kept member of a cluster is its smallest record id (no review or quality ranks here). The clusters are
+written to ``workdir/clusters.parquet`` (one row per member, grouped by cluster).
 """
 
 from __future__ import annotations
@@ -37,12 +44,20 @@ import pyarrow.parquet as pq
 
 from curation.executors.base import peak_rss_mb
 from curation.similarity.band_shuffle import band_parts, partitions_for, shared_by_band, shared_entries
-from curation.similarity.exact import DuplicateCluster, KeepRank
-from curation.similarity.jaccard import ShingleRuns, ShingleSets
+from curation.similarity.exact import KeepRank
+from curation.similarity.jaccard import ShingleRuns, ShingleSets, distinct_runs
 from curation.similarity.minhash import MinHasher, from_bytes
 from curation.similarity.near_dup import NearDupConfig, Scope, clusters_of, nearest_neighbours, scope_text
-from curation.similarity.near_dup_join import JoinPlan, JoinState, band_runs_from_keys, join_clusters
-from curation.similarity.shingles import ShingleBatch, shingle_batch
+from curation.similarity.near_dup_join import (
+    BandRuns,
+    JoinPlan,
+    JoinState,
+    anchor_links,
+    band_runs_from_keys,
+    complete_clusters,
+    link_clusters,
+)
+from curation.similarity.shingles import shingle_batch
 from curation.similarity.union_find import ArrayUnionFind
 from schemas.errors import InputError
 from schemas.progress import log, progress
@@ -51,7 +66,18 @@ if TYPE_CHECKING:
     from curation.executors import Executor
 
 COLUMNS = ("record_id", "prompt", "response")
-GATHER_BATCH = 2_000  # texts shingled at once by a gather task
+GATHER_BATCH = 2_000  # texts shingled at once by a join map task
+TASK_ROWS = 100_000  # rows that share a bucket per join task (a bigger group gets a task of its own)
+CLUSTER_SCHEMA = pa.schema(
+    [
+        ("cluster_id", pa.string()),
+        ("record_id", pa.string()),
+        ("kept_record_id", pa.string()),
+        ("similarity_to_kept", pa.float64()),
+        ("nearest_record_id", pa.string()),
+        ("nearest_similarity", pa.float64()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -64,10 +90,12 @@ class FileShard:
 
 @dataclass
 class FileNearDupResult:
-    clusters: list[DuplicateCluster]
     records: int
+    clusters: int
+    clustered: int  # records in a cluster
     empty: int  # records without shingles (they take no part)
-    shared_rows: int  # records that share an LSH bucket: what the driver held
+    shared_rows: int  # records that share an LSH bucket
+    path: Path  # clusters.parquet
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,29 +148,130 @@ def _sketch_and_band(config: NearDupConfig, workdir: str, partitions: int, shard
 
 
 @dataclass(frozen=True)
-class Gathered:
-    rows: np.ndarray  # global rows, ascending
+class JoinRows:
+    """Some rows of one join task, as a map task of stage 3 read them (``local``: their numbers in the task)."""
+
+    local: np.ndarray
     ids: list[str]
     signatures: np.ndarray
-    shingles: list[tuple[np.ndarray, ShingleBatch]]  # (rows, their shingles), a batch at a time
-    empty: int
+    values: np.ndarray  # their shingle sets, one after another (distinct_runs)
+    sizes: np.ndarray
+    empty: int  # the file's records without shingles (counted once, in the part of task 0)
 
 
-def _gather(config: NearDupConfig, workdir: str, task: tuple[FileShard, np.ndarray]) -> Gathered:
-    """Task of stage 2: the rows of one file that share a bucket, with what the join needs of them."""
-    shard, rows = task
+@dataclass(frozen=True)
+class FileRows:
+    """What a map task of stage 3 reads of one file: its rows that share a bucket, their task and number there."""
+
+    shard: FileShard
+    rows: np.ndarray  # global, ascending
+    task: np.ndarray
+    local: np.ndarray
+
+
+def _read_rows(config: NearDupConfig, workdir: str, tasks: int, wanted: FileRows) -> list[JoinRows]:
+    """Map task of stage 3: one file's rows that share a bucket, cut by join task."""
+    shard = wanted.shard
     signatures = pq.read_table(_signature_path(workdir, shard.index))
     if signatures.num_rows != shard.rows:
         raise InputError(f"{shard.path}: {shard.rows} rows but {signatures.num_rows} signatures: the file changed")
     empty = int((signatures.column("n_shingles").to_numpy() == 0).sum())
-    local = rows - shard.first_row
-    blobs = signatures.column("signature").take(pa.array(local)).to_pylist()
+    local = wanted.rows - shard.first_row
+    sketches = from_bytes(signatures.column("signature").take(pa.array(local)).to_pylist(), config.num_perm)
     ids, texts = _texts(shard.path, config.scope, local) if len(local) else ([], [])
-    batches = [
-        (rows[lo : lo + GATHER_BATCH], shingle_batch(texts[lo : lo + GATHER_BATCH], config.ngram))
-        for lo in range(0, len(texts), GATHER_BATCH)
-    ]  # a batch at a time: shingling holds several arrays per character of the texts it is given
-    return Gathered(rows, ids, from_bytes(blobs, config.num_perm), batches, empty)
+    values, sizes = [], []
+    for lo in range(0, len(texts), GATHER_BATCH):  # shingling holds several arrays per character of its texts
+        batch_values, batch_sizes = distinct_runs(shingle_batch(texts[lo : lo + GATHER_BATCH], config.ngram))
+        values.append(batch_values)
+        sizes.append(batch_sizes)
+    all_values = np.concatenate(values) if values else np.zeros(0, dtype=np.uint64)
+    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
+    starts = np.cumsum(all_sizes) - all_sizes
+    parts = []
+    for task in range(tasks):
+        mine = np.flatnonzero(wanted.task == task)
+        spans = [all_values[starts[i] : starts[i] + all_sizes[i]] for i in mine.tolist()]
+        parts.append(
+            JoinRows(
+                wanted.local[mine],
+                [ids[i] for i in mine.tolist()],
+                sketches[mine],
+                np.concatenate(spans) if spans else np.zeros(0, dtype=np.uint64),
+                all_sizes[mine],
+                empty if task == 0 else 0,
+            )
+        )
+    return parts
+
+
+@dataclass(frozen=True)
+class JoinTask:
+    """What the driver sends a join task: its buckets (rows numbered in the task) and whether every bucket is
+    completed (None: the counting pass, which returns the pairs step 3 would complete)."""
+
+    runs: list[BandRuns]
+    exact: bool | None
+
+
+def _join(config: NearDupConfig, prefix: str, data: list[Any]) -> dict[str, Any]:
+    """Reduce task of stage 3 (and of the counting pass): the join over one task's groups."""
+    task: JoinTask = data[0]
+    parts: list[JoinRows] = data[1:]
+    local = np.concatenate([p.local for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    if not np.array_equal(local, np.arange(len(local))):
+        raise RuntimeError("a join task's rows came back out of order")
+    ids = [i for p in parts for i in p.ids]
+    signatures = np.concatenate([p.signatures for p in parts])
+    collected = ShingleRuns()
+    for p in parts:
+        collected.add_sets(p.local, p.values, p.sizes)
+    empty = sum(p.empty for p in parts)
+    del parts, data
+    sets = ShingleSets([], np.arange(len(ids)), config.ngram, collected=collected)
+    floor, sampled_floor = config.prefilter_floors()
+    state = JoinState(ArrayUnionFind(len(ids)), signatures, floor, config.threshold, sets.jaccard)
+    plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
+    costs = link_clusters(state, task.runs, plan)
+    if task.exact is None:
+        return {"completion_pairs": int(sum(int(c.sum()) for c in costs)), "empty": empty}
+    completion = complete_clusters(state, task.runs, plan, costs, task.exact)
+    ranks = {rid: KeepRank(1, 0.0, ("", 0, 0), rid) for rid in ids}
+    clusters = clusters_of(ids, state.finder.groups(), ranks, sets, prefix)
+    nearest = nearest_neighbours(ids, *state.pairs())
+    members = [(c, m, s) for c in clusters for m, s in zip(c.members, c.similarities, strict=True)]
+    table = pa.table(
+        {
+            "cluster_id": [c.cluster_id for c, _, _ in members],
+            "record_id": [m for _, m, _ in members],
+            "kept_record_id": [c.kept for c, _, _ in members],
+            "similarity_to_kept": [s for _, _, s in members],
+            "nearest_record_id": [nearest[m].record_id if m in nearest else None for _, m, _ in members],
+            "nearest_similarity": [nearest[m].similarity if m in nearest else None for _, m, _ in members],
+        },
+        schema=CLUSTER_SCHEMA,
+    )
+    counts = {k: state.counts[k] for k in ("candidates", "verified", "joined", "prefiltered")}
+    return {"table": table, "clusters": len(clusters), "empty": empty, **completion, **counts}
+
+
+def _task_runs(runs: list[BandRuns], task_of: np.ndarray, local_of: np.ndarray, tasks: int) -> list[list[BandRuns]]:
+    """Each task's buckets, band by band, in their order, their rows numbered in the task."""
+    out: list[list[BandRuns]] = [[] for _ in range(tasks)]
+    for band in runs:
+        lengths = band.lengths
+        bucket_task = task_of[band.members[band.starts[:-1]]] if len(lengths) else np.zeros(0, dtype=np.int64)
+        member_task = np.repeat(bucket_task, lengths)
+        order = np.argsort(member_task, kind="stable")  # buckets and members keep their order within a task
+        members = local_of[band.members[order]].astype(np.int32)
+        member_cuts = np.searchsorted(member_task[order], np.arange(1, tasks))
+        bucket_order = np.argsort(bucket_task, kind="stable")
+        bucket_cuts = np.searchsorted(bucket_task[bucket_order], np.arange(1, tasks))
+        for task, (task_members, task_lengths) in enumerate(
+            zip(np.split(members, member_cuts), np.split(lengths[bucket_order], bucket_cuts), strict=True)
+        ):
+            starts = np.concatenate([[0], np.cumsum(task_lengths)]).astype(np.int64)
+            out[task].append(BandRuns(task_members, starts))
+    return out
 
 
 def near_dup_files(
@@ -173,78 +302,90 @@ def near_dup_files(
     clock["bands"] = time.monotonic()
     rss["bands"] = round(peak_rss_mb())
     needed = np.unique(np.concatenate([r for r, _ in per_band])) if per_band else np.zeros(0, dtype=np.int64)
-    starts = np.array([s.first_row for s in shards], dtype=np.int64)
-    owner = np.searchsorted(starts, needed, side="right") - 1
-    tasks = [(s, needed[owner == s.index]) for s in shards]
+    m = len(needed)
     runs = [  # the rows numbered 0..m-1, the orders in buckets drawn from their row numbers
         band_runs_from_keys(keys, np.searchsorted(needed, band_rows), band, drawn=band_rows)
         for band, (band_rows, keys) in enumerate(per_band)
     ]
     del per_band
-    log(f"near_dup: {len(needed):,} records share an LSH bucket ({clock['bands'] - clock['start']:.1f} s); gather")
-    m = len(needed)
-    ids: list[str] = []
-    signatures = np.zeros((m, config.num_perm), dtype=np.uint32)
-    collected = ShingleRuns()
-    empty = 0
-    with progress("near_dup: gather", total=len(shards)) as bar:
-        gather = functools.partial(_gather, config, str(workdir))
-        for part in executor.map(gather, tasks, stage="near_dup:gather"):  # each file's rows, as they come back
-            at = np.searchsorted(needed, part.rows)
-            ids.extend(part.ids)  # files in order, rows ascending in each: ids follow ``needed``
-            signatures[at] = part.signatures
-            for batch_rows, batch in part.shingles:
-                collected.add(np.searchsorted(needed, batch_rows), batch)
-            empty += part.empty
-            del part
+    groups = ArrayUnionFind(m)  # records linked by any bucket
+    for band in runs:
+        left, right = anchor_links(band)
+        groups.union(left.astype(np.int64), right.astype(np.int64))
+    roots, size = np.unique(groups.parent, return_counts=True)
+    first_row = np.cumsum(size) - size  # groups in the order of their smallest row, packed into tasks
+    group_task = first_row // TASK_ROWS
+    _, group_task = np.unique(group_task, return_inverse=True)  # no empty task numbers
+    tasks = int(group_task.max()) + 1 if m else 1
+    task_of = group_task[np.searchsorted(roots, groups.parent)]
+    del groups
+    local_of = np.zeros(m, dtype=np.int64)
+    for t in range(tasks):
+        mine = np.flatnonzero(task_of == t)
+        local_of[mine] = np.arange(len(mine))
+    task_runs = _task_runs(runs, task_of, local_of, tasks)
+    bucket_pairs = sum(int((band.lengths * (band.lengths - 1) // 2).sum()) for band in runs)
+    del runs
+    starts = np.array([s.first_row for s in shards], dtype=np.int64)
+    owner = np.searchsorted(starts, needed, side="right") - 1
+    wanted = [
+        FileRows(s, needed[owner == s.index], task_of[owner == s.index], local_of[owner == s.index]) for s in shards
+    ]
+    clock["groups"] = time.monotonic()
+    rss["groups"] = round(peak_rss_mb())
+    log(
+        f"near_dup: {m:,} records share an LSH bucket, in {tasks} join tasks ({clock['groups'] - clock['start']:.1f} s)"
+    )
+    read = functools.partial(_read_rows, config, str(workdir), tasks)
+    join = functools.partial(_join, config, prefix)
+    if bucket_pairs <= config.completion_limit:  # step 3 cannot pass the limit: every bucket is completed
+        exact, counted = True, bucket_pairs
+    else:  # the count pass: what step 3 would complete in all
+        with progress("near_dup: count", total=tasks) as bar:
+            count = executor.shuffle(
+                read, wanted, join, partitions=tasks, stage="near_dup:count",
+                partition_data=[JoinTask(r, None) for r in task_runs],
+            )  # fmt: skip
+            counted = 0
+            for result in count:
+                counted += result["completion_pairs"]
+                bar.advance(1)
+        exact = counted <= config.completion_limit
+    clock["count"] = time.monotonic()
+    out = workdir / "clusters.parquet"
+    partial = out.with_name(out.name + ".tmp")
+    sums = dict.fromkeys(("clusters", "clustered", "empty", "candidates", "verified", "joined", "prefiltered"), 0)
+    sums.update(completion_pairs=0, buckets_sampled=0)
+    with progress("near_dup: join", total=tasks) as bar, pq.ParquetWriter(partial, CLUSTER_SCHEMA) as writer:
+        results = executor.shuffle(
+            read, wanted, join, partitions=tasks, stage="near_dup:join",
+            partition_data=[JoinTask(r, exact) for r in task_runs],
+        )  # fmt: skip
+        for result in results:
+            writer.write_table(result["table"])
+            sums["clustered"] += result["table"].num_rows
+            for key in ("clusters", "empty", "candidates", "verified", "joined", "prefiltered", "buckets_sampled"):
+                sums[key] += result[key]
+            sums["completion_pairs"] += result["completion_pairs"]
             bar.advance(1)
-    clock["gather"] = time.monotonic()
-    rss["gather"] = round(peak_rss_mb())
-    sets = ShingleSets([], np.arange(m), config.ngram, collected=collected)  # every row is in a bucket
-    floor, sampled_floor = config.prefilter_floors()
-    finder = ArrayUnionFind(m)
-    state = JoinState(finder, signatures, floor, config.threshold, sets.jaccard)
-    plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
-    log(f"near_dup: join of {m:,} records")
-    completion = join_clusters(state, runs, plan)
-    clock["join"] = time.monotonic()
-    rss["join"] = round(peak_rss_mb())
-    ranks = {rid: KeepRank(1, 0.0, ("", 0, 0), rid) for rid in ids}
-    clusters = clusters_of(ids, finder.groups(), ranks, sets, prefix)
-    nearest = nearest_neighbours(ids, *state.pairs())
-    _write_clusters(workdir / "clusters.parquet", clusters, nearest)
+    os.replace(partial, out)
     if not keep_signatures:
         shutil.rmtree(workdir / "signatures", ignore_errors=True)
-    clock["cluster"] = time.monotonic()
-    rss["cluster"] = round(peak_rss_mb())
-    names = ("bands", "gather", "join", "cluster")
+    clock["join"] = time.monotonic()
+    rss["join"] = round(peak_rss_mb())
+    names = ("bands", "groups", "count", "join")
     previous = ["start", *names[:-1]]
     stats = {
         "partitions": partitions,
+        "join_tasks": tasks,
         "stage_seconds": {k: round(clock[k] - clock[p], 3) for k, p in zip(names, previous, strict=True)},
         "driver_peak_rss_mb": rss,  # the driver's peak RSS at the end of each stage
-        "jaccard_computed": state.counts["verified"],
-        "candidate_pairs": state.counts["candidates"],
-        **completion,
+        "candidate_pairs": sums["candidates"],
+        "jaccard_computed": sums["verified"],
+        "joined_pairs": sums["joined"],
+        "prefiltered_pairs": sums["prefiltered"],
+        "completion_pairs": sums["completion_pairs"],
+        "exact": int(exact),
+        "buckets_sampled": sums["buckets_sampled"],
     }
-    return FileNearDupResult(clusters, total, empty, m, stats)
-
-
-def _write_clusters(path: Path, clusters: list[DuplicateCluster], nearest: dict[str, Any]) -> None:
-    """One row per member: cluster, record, kept id, similarity to the kept member, most similar verified neighbour."""
-    members = [(c, m, s) for c in clusters for m, s in zip(c.members, c.similarities, strict=True)]
-    table = pa.table(
-        {
-            "cluster_id": [c.cluster_id for c, _, _ in members],
-            "record_id": [m for _, m, _ in members],
-            "kept_record_id": [c.kept for c, _, _ in members],
-            "similarity_to_kept": pa.array([s for _, _, s in members], pa.float64()),
-            "nearest_record_id": [nearest[m].record_id if m in nearest else None for _, m, _ in members],
-            "nearest_similarity": pa.array(
-                [nearest[m].similarity if m in nearest else None for _, m, _ in members], pa.float64()
-            ),
-        }
-    )
-    partial = path.with_name(path.name + ".tmp")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
+    return FileNearDupResult(total, sums["clusters"], sums["clustered"], sums["empty"], m, out, stats)

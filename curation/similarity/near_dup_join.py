@@ -295,14 +295,20 @@ def _offer_merged(state: JoinState, links: Iterator[tuple[np.ndarray, np.ndarray
     state.verify(left[keep], right[keep], estimate[keep], cap=plan.pair_cap)
 
 
-def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dict[str, int]:
-    """Steps 1-3 of the module docstring over the bands' buckets; returns what step 3 did."""
+def link_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> list[np.ndarray]:
+    """Steps 1 and 2 of the module docstring; returns, per band, each bucket's pairs still across clusters."""
     for band in runs:
         state.offer(*anchor_links(band))
     _offer_merged(state, (neighbour_links(band, plan.partners) for band in runs), plan)
-    costs = [cross_cost(band, state.finder.roots(band.members)) for band in runs]
+    return [cross_cost(band, state.finder.roots(band.members)) for band in runs]
+
+
+def complete_clusters(
+    state: JoinState, runs: list[BandRuns], plan: JoinPlan, costs: list[np.ndarray], exact: bool
+) -> dict[str, int]:
+    """Step 3: every bucket completed (``exact``), or the cheap ones; returns what it did."""
     total = int(sum(int(cost.sum()) for cost in costs))
-    if total <= plan.completion_limit:  # every bucket, every pair across clusters: the all-pairs join's result
+    if exact:  # every bucket, every pair across clusters: the all-pairs join's result
         for band, cost in zip(runs, costs, strict=True):
             if cost.any():
                 for left, right in cross_links(band, state.finder.roots(band.members), cost > 0):
@@ -320,3 +326,11 @@ def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dic
     _offer_merged(state, links, plan)
     sampled = sum(int(((cost > 0) & ~near).sum()) for cost, near in zip(costs, cheap, strict=True))
     return {"completion_pairs": total, "exact": 0, "buckets_sampled": sampled}
+
+
+def join_clusters(state: JoinState, runs: list[BandRuns], plan: JoinPlan) -> dict[str, int]:
+    """Steps 1-3 of the module docstring over the bands' buckets; returns what step 3 did. Every bucket is completed
+    when that takes at most ``completion_limit`` pairs across clusters in all (a decision over the whole corpus)."""
+    costs = link_clusters(state, runs, plan)
+    total = int(sum(int(cost.sum()) for cost in costs))
+    return complete_clusters(state, runs, plan, costs, exact=total <= plan.completion_limit)
