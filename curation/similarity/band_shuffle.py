@@ -73,12 +73,29 @@ def shared_entries(parts: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def shared_by_band(partitions: Iterable[np.ndarray], bands: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per band, ``(rows, keys)`` of the texts that share their bucket with another, rows ascending."""
-    found = [p for p in partitions if len(p)]
-    entries = np.concatenate(found) if found else np.empty(0, dtype=ENTRY)
-    entries = entries[np.lexsort((entries["row"], entries["band"]))]
-    cuts = np.searchsorted(entries["band"], np.arange(1, bands))
-    return [(part["row"].astype(np.int64), part["key"].copy()) for part in np.split(entries, cuts)]
+    """Per band, ``(rows, keys)`` of the texts that share their bucket with another, rows ascending.
+
+    Each partition (sorted by band, then row) is cut by band as it comes, and each band is assembled on its own: the
+    driver holds the shared entries once, 12 bytes each, plus one band's worth of sorting."""
+    rows: list[list[np.ndarray]] = [[] for _ in range(bands)]
+    keys: list[list[np.ndarray]] = [[] for _ in range(bands)]
+    for part in partitions:
+        if not len(part):
+            continue
+        cuts = np.searchsorted(part["band"], np.arange(1, bands))
+        for band, piece in enumerate(np.split(part, cuts)):
+            if len(piece):
+                rows[band].append(piece["row"].copy())
+                keys[band].append(piece["key"].copy())
+        del part
+    out = []
+    for band in range(bands):
+        band_rows = np.concatenate(rows[band]) if rows[band] else np.zeros(0, dtype=np.int32)
+        band_keys = np.concatenate(keys[band]) if keys[band] else np.zeros(0, dtype=np.uint64)
+        rows[band], keys[band] = [], []
+        order = np.argsort(band_rows, kind="stable")
+        out.append((band_rows[order].astype(np.int64), band_keys[order]))
+    return out
 
 
 def _map_shard(bands: int, band_rows: int, partitions: int, shard: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
