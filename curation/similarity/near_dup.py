@@ -41,10 +41,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.similarity.band_shuffle import distributed_band_runs
 from curation.similarity.exact import DuplicateCluster, KeepRank, rank_key
-from curation.similarity.jaccard import ShingleRuns, ShingleSets, verify_pairs
-from curation.similarity.lsh import candidate_pairs, collision_probability, optimal_params
+from curation.similarity.jaccard import ShingleRuns, ShingleSets, ragged_arange, verify_pairs
+from curation.similarity.lsh import candidate_pairs, collision_probability, optimal_params, sorted_unique
 from curation.similarity.minhash import MinHasher, MinHashParams, Sketches, estimate_pairs
-from curation.similarity.near_dup_join import JoinPlan, JoinState, band_runs, join_clusters
+from curation.similarity.near_dup_join import BandRuns, JoinPlan, JoinState, band_runs, join_clusters
 from curation.similarity.shingles import ShingleBatch
 from curation.similarity.union_find import ArrayUnionFind
 
@@ -180,7 +180,8 @@ def find_near_duplicates(
     the clusters and similarities to the kept member, with ``pairs`` only the verified pairs that joined them.
     ``shingles`` (clusters mode) holds sets collected while sketching, numbered like the input. With a distributed
     ``executor`` (clusters mode), the band keys are computed and joined there (stage ``STAGE:bands``,
-    :mod:`curation.similarity.band_shuffle`); the clusters do not change.
+    :mod:`curation.similarity.band_shuffle`), and the join runs there too, one task per group of texts linked by
+    buckets (stage ``STAGE:join``, :mod:`curation.similarity.group_join`); the clusters do not change.
     """
     config = config or NearDupConfig()
     if len(record_ids) != len(texts):
@@ -205,11 +206,11 @@ def find_near_duplicates(
         sketches = MinHasher(config.minhash_params()).sketch(texts, on_batch=hook)
     active = sketches.n_shingles > 0
     clock.append(time.perf_counter())
+    if mode == "clusters" and executor is not None and executor.kind != "local":
+        return _on_executor(ids, texts, ranks, config, sketches, shingles, prefix, executor, stage, clock)
     finder = ArrayUnionFind(len(ids))
     if mode == "clusters":
-        good_left, good_right, similarity, sets, stats = _join_clusters(
-            texts, sketches, config, finder, shingles, executor, f"{stage}:bands"
-        )
+        good_left, good_right, similarity, sets, stats = _join_clusters(texts, sketches, config, finder, shingles)
     else:
         good_left, good_right, similarity, sets, stats = _join_pairs(texts, sketches, config, finder)
     clock.append(time.perf_counter())  # the join's own stage times are in stats
@@ -238,23 +239,95 @@ def find_near_duplicates(
 JoinOutput = tuple[np.ndarray, np.ndarray, np.ndarray, ShingleSets, dict[str, Any]]
 
 
+def _on_executor(
+    ids: list[str],
+    texts: Sequence[str],
+    ranks: dict[str, KeepRank],
+    config: NearDupConfig,
+    sketches: Sketches,
+    shingles: ShingleRuns | None,
+    prefix: str,
+    executor: Executor,
+    stage: str,
+    clock: list[float],
+) -> NearDupResult:
+    """Clusters mode on a distributed executor: the band join as a shuffle, then the join in tasks over groups of
+    texts linked by buckets, each given its texts' ids, ranks, signatures and shingle sets."""
+    from curation.similarity import group_join
+
+    bands, rows = config.band_params()
+    active = sketches.n_shingles > 0
+    runs = distributed_band_runs(executor, sketches.signatures, np.flatnonzero(active), bands, rows, f"{stage}:bands")
+    needed = sorted_unique(np.concatenate([r.members for r in runs]).astype(np.int64))
+    compact = [BandRuns(np.searchsorted(needed, r.members).astype(np.int32), r.starts) for r in runs]
+    plan = group_join.plan_tasks(compact, len(needed), group_join.TASK_ROWS)
+    exact = group_join.exact_without_count(compact, config)
+    del runs, compact
+    sets = ShingleSets(texts, needed, config.ngram, collected=shingles)
+    candidates_seconds = time.perf_counter() - clock[-1]
+    inputs = []
+    for task in range(plan.tasks):
+        rows_of = needed[plan.task_of == task]  # ascending: the task's numbering
+        local = np.searchsorted(sets.positions, rows_of)
+        sizes = sets.sizes[local]
+        task_ids = [ids[i] for i in rows_of.tolist()]
+        texts_of = group_join.TaskTexts(
+            task_ids, [ranks[i] for i in task_ids], sketches.signatures[rows_of],
+            sets.values[ragged_arange(sets.starts[local], sizes)], sizes,
+        )  # fmt: skip
+        inputs.append((plan.runs[task], texts_of))
+    del sets
+    run = functools.partial(_join_group_task, config, prefix)
+    if not exact:  # the count pass decides whether step 3 completes every bucket, over all tasks
+        counted = sum(
+            r.completion_pairs for r in executor.map(run, [(*i, None) for i in inputs], stage=f"{stage}:count")
+        )
+        exact = counted <= config.completion_limit
+    results = list(executor.map(run, [(*i, exact) for i in inputs], stage=f"{stage}:join"))
+    clusters = sorted((c for r in results for c in r.clusters), key=lambda c: c.cluster_id)
+    nearest = {k: v for r in results for k, v in r.nearest.items()}
+    counts = group_join.sum_counts(results)
+    clock.append(time.perf_counter())
+    stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
+    stats.update(
+        join="clusters",
+        joined_pairs=counts["joined"],
+        prefiltered_pairs=counts["prefiltered"],
+        jaccard_computed=counts["verified"],
+        completion_pairs=sum(r.completion_pairs for r in results),
+        exact=int(exact),
+        buckets_sampled=sum(r.buckets_sampled for r in results),
+        join_tasks=plan.tasks,
+        empty_texts=int((~active).sum()),
+        stage_seconds={
+            "sketch": round(clock[1] - clock[0], 3),
+            "candidates": round(candidates_seconds, 3),
+            "join": round(clock[2] - clock[1] - candidates_seconds, 3),
+        },
+    )
+    empty = {ids[i] for i in np.flatnonzero(~active).tolist()}
+    return NearDupResult(clusters, [], nearest, empty, stats)
+
+
+def _join_group_task(config: NearDupConfig, prefix: str, task: tuple[Any, Any, bool | None]) -> Any:
+    from curation.similarity import group_join
+
+    runs, texts, exact = task
+    return group_join.join_task(config, prefix, group_join.JoinTask(runs, exact), texts)
+
+
 def _join_clusters(
     texts: Sequence[str],
     sketches: Sketches,
     config: NearDupConfig,
     finder: ArrayUnionFind,
     shingles: ShingleRuns | None,
-    executor: Executor | None = None,
-    stage: str = "near_dup:bands",
 ) -> JoinOutput:
     """The linear join: buckets per band, shingle sets of their members, :func:`join_clusters`."""
     started = time.perf_counter()
     bands, rows = config.band_params()
     active = np.flatnonzero(sketches.n_shingles > 0)
-    if executor is not None and executor.kind != "local":
-        runs = distributed_band_runs(executor, sketches.signatures, active, bands, rows, stage)
-    else:
-        runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
+    runs = [band_runs(sketches.signatures, active, band, rows) for band in range(bands)]
     sets = ShingleSets(texts, np.concatenate([r.members for r in runs]), config.ngram, collected=shingles)
     floor, sampled_floor = config.prefilter_floors()
     state = JoinState(finder, sketches.signatures, floor, config.threshold, sets.jaccard)

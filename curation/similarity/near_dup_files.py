@@ -45,20 +45,21 @@ import pyarrow.parquet as pq
 from curation.executors.base import peak_rss_mb
 from curation.similarity.band_shuffle import band_parts, partitions_for, shared_by_band, shared_entries
 from curation.similarity.exact import KeepRank
-from curation.similarity.jaccard import ShingleRuns, ShingleSets, distinct_runs
-from curation.similarity.minhash import MinHasher, from_bytes
-from curation.similarity.near_dup import NearDupConfig, Scope, clusters_of, nearest_neighbours, scope_text
-from curation.similarity.near_dup_join import (
-    BandRuns,
-    JoinPlan,
-    JoinState,
-    anchor_links,
-    band_runs_from_keys,
-    complete_clusters,
-    link_clusters,
+from curation.similarity.group_join import (
+    TASK_ROWS,
+    JoinTask,
+    TaskResult,
+    TaskTexts,
+    exact_without_count,
+    join_task,
+    plan_tasks,
+    sum_counts,
 )
+from curation.similarity.jaccard import distinct_runs
+from curation.similarity.minhash import MinHasher, from_bytes
+from curation.similarity.near_dup import NearDupConfig, Scope, scope_text
+from curation.similarity.near_dup_join import band_runs_from_keys
 from curation.similarity.shingles import shingle_batch
-from curation.similarity.union_find import ArrayUnionFind
 from schemas.errors import InputError
 from schemas.progress import log, progress
 
@@ -67,7 +68,6 @@ if TYPE_CHECKING:
 
 COLUMNS = ("record_id", "prompt", "response")
 GATHER_BATCH = 2_000  # texts shingled at once by a join map task
-TASK_ROWS = 100_000  # rows that share a bucket per join task (a bigger group gets a task of its own)
 CLUSTER_SCHEMA = pa.schema(
     [
         ("cluster_id", pa.string()),
@@ -204,15 +204,6 @@ def _read_rows(config: NearDupConfig, workdir: str, tasks: int, wanted: FileRows
     return parts
 
 
-@dataclass(frozen=True)
-class JoinTask:
-    """What the driver sends a join task: its buckets (rows numbered in the task) and whether every bucket is
-    completed (None: the counting pass, which returns the pairs step 3 would complete)."""
-
-    runs: list[BandRuns]
-    exact: bool | None
-
-
 def _join(config: NearDupConfig, prefix: str, data: list[Any]) -> dict[str, Any]:
     """Reduce task of stage 3 (and of the counting pass): the join over one task's groups."""
     task: JoinTask = data[0]
@@ -221,24 +212,18 @@ def _join(config: NearDupConfig, prefix: str, data: list[Any]) -> dict[str, Any]
     if not np.array_equal(local, np.arange(len(local))):
         raise RuntimeError("a join task's rows came back out of order")
     ids = [i for p in parts for i in p.ids]
-    signatures = np.concatenate([p.signatures for p in parts])
-    collected = ShingleRuns()
-    for p in parts:
-        collected.add_sets(p.local, p.values, p.sizes)
+    texts = TaskTexts(
+        ids,
+        [KeepRank(1, 0.0, ("", 0, 0), rid) for rid in ids],  # the smallest record id is kept
+        np.concatenate([p.signatures for p in parts]),
+        np.concatenate([p.values for p in parts]),
+        np.concatenate([p.sizes for p in parts]),
+    )
     empty = sum(p.empty for p in parts)
     del parts, data
-    sets = ShingleSets([], np.arange(len(ids)), config.ngram, collected=collected)
-    floor, sampled_floor = config.prefilter_floors()
-    state = JoinState(ArrayUnionFind(len(ids)), signatures, floor, config.threshold, sets.jaccard)
-    plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
-    costs = link_clusters(state, task.runs, plan)
-    if task.exact is None:
-        return {"completion_pairs": int(sum(int(c.sum()) for c in costs)), "empty": empty}
-    completion = complete_clusters(state, task.runs, plan, costs, task.exact)
-    ranks = {rid: KeepRank(1, 0.0, ("", 0, 0), rid) for rid in ids}
-    clusters = clusters_of(ids, state.finder.groups(), ranks, sets, prefix)
-    nearest = nearest_neighbours(ids, *state.pairs())
-    members = [(c, m, s) for c in clusters for m, s in zip(c.members, c.similarities, strict=True)]
+    result = join_task(config, prefix, task, texts)
+    members = [(c, m, s) for c in result.clusters for m, s in zip(c.members, c.similarities, strict=True)]
+    nearest = result.nearest
     table = pa.table(
         {
             "cluster_id": [c.cluster_id for c, _, _ in members],
@@ -250,28 +235,8 @@ def _join(config: NearDupConfig, prefix: str, data: list[Any]) -> dict[str, Any]
         },
         schema=CLUSTER_SCHEMA,
     )
-    counts = {k: state.counts[k] for k in ("candidates", "verified", "joined", "prefiltered")}
-    return {"table": table, "clusters": len(clusters), "empty": empty, **completion, **counts}
-
-
-def _task_runs(runs: list[BandRuns], task_of: np.ndarray, local_of: np.ndarray, tasks: int) -> list[list[BandRuns]]:
-    """Each task's buckets, band by band, in their order, their rows numbered in the task."""
-    out: list[list[BandRuns]] = [[] for _ in range(tasks)]
-    for band in runs:
-        lengths = band.lengths
-        bucket_task = task_of[band.members[band.starts[:-1]]] if len(lengths) else np.zeros(0, dtype=np.int64)
-        member_task = np.repeat(bucket_task, lengths)
-        order = np.argsort(member_task, kind="stable")  # buckets and members keep their order within a task
-        members = local_of[band.members[order]].astype(np.int32)
-        member_cuts = np.searchsorted(member_task[order], np.arange(1, tasks))
-        bucket_order = np.argsort(bucket_task, kind="stable")
-        bucket_cuts = np.searchsorted(bucket_task[bucket_order], np.arange(1, tasks))
-        for task, (task_members, task_lengths) in enumerate(
-            zip(np.split(members, member_cuts), np.split(lengths[bucket_order], bucket_cuts), strict=True)
-        ):
-            starts = np.concatenate([[0], np.cumsum(task_lengths)]).astype(np.int64)
-            out[task].append(BandRuns(task_members, starts))
-    return out
+    summary = TaskResult(result.completion_pairs, [], {}, result.counts, result.buckets_sampled)  # the rest is in table
+    return {"result": summary, "clusters": len(result.clusters), "table": table, "empty": empty}
 
 
 def near_dup_files(
@@ -308,23 +273,9 @@ def near_dup_files(
         for band, (band_rows, keys) in enumerate(per_band)
     ]
     del per_band
-    groups = ArrayUnionFind(m)  # records linked by any bucket
-    for band in runs:
-        left, right = anchor_links(band)
-        groups.union(left.astype(np.int64), right.astype(np.int64))
-    roots, size = np.unique(groups.parent, return_counts=True)
-    first_row = np.cumsum(size) - size  # groups in the order of their smallest row, packed into tasks
-    group_task = first_row // TASK_ROWS
-    _, group_task = np.unique(group_task, return_inverse=True)  # no empty task numbers
-    tasks = int(group_task.max()) + 1 if m else 1
-    task_of = group_task[np.searchsorted(roots, groups.parent)]
-    del groups
-    local_of = np.zeros(m, dtype=np.int64)
-    for t in range(tasks):
-        mine = np.flatnonzero(task_of == t)
-        local_of[mine] = np.arange(len(mine))
-    task_runs = _task_runs(runs, task_of, local_of, tasks)
-    bucket_pairs = sum(int((band.lengths * (band.lengths - 1) // 2).sum()) for band in runs)
+    plan = plan_tasks(runs, m, TASK_ROWS)  # groups of records linked by any bucket, packed into join tasks
+    task_of, local_of, tasks = plan.task_of, plan.local_of, plan.tasks
+    exact_known = exact_without_count(runs, config)
     del runs
     starts = np.array([s.first_row for s in shards], dtype=np.int64)
     owner = np.searchsorted(starts, needed, side="right") - 1
@@ -338,41 +289,45 @@ def near_dup_files(
     )
     read = functools.partial(_read_rows, config, str(workdir), tasks)
     join = functools.partial(_join, config, prefix)
-    if bucket_pairs <= config.completion_limit:  # step 3 cannot pass the limit: every bucket is completed
-        exact, counted = True, bucket_pairs
+    if exact_known:  # step 3 cannot pass the limit: every bucket is completed
+        exact = True
     else:  # the count pass: what step 3 would complete in all
         with progress("near_dup: count", total=tasks) as bar:
             count = executor.shuffle(
                 read, wanted, join, partitions=tasks, stage="near_dup:count",
-                partition_data=[JoinTask(r, None) for r in task_runs],
+                partition_data=[JoinTask(r, None) for r in plan.runs],
             )  # fmt: skip
             counted = 0
-            for result in count:
-                counted += result["completion_pairs"]
+            for done in count:
+                counted += done["result"].completion_pairs
                 bar.advance(1)
         exact = counted <= config.completion_limit
     clock["count"] = time.monotonic()
     out = workdir / "clusters.parquet"
     partial = out.with_name(out.name + ".tmp")
-    sums = dict.fromkeys(("clusters", "clustered", "empty", "candidates", "verified", "joined", "prefiltered"), 0)
-    sums.update(completion_pairs=0, buckets_sampled=0)
+    sums = dict.fromkeys(("clusters", "clustered", "empty", "completion_pairs", "buckets_sampled"), 0)
+    results: list[TaskResult] = []
     with progress("near_dup: join", total=tasks) as bar, pq.ParquetWriter(partial, CLUSTER_SCHEMA) as writer:
-        results = executor.shuffle(
+        joined = executor.shuffle(
             read, wanted, join, partitions=tasks, stage="near_dup:join",
-            partition_data=[JoinTask(r, exact) for r in task_runs],
+            partition_data=[JoinTask(r, exact) for r in plan.runs],
         )  # fmt: skip
-        for result in results:
-            writer.write_table(result["table"])
-            sums["clustered"] += result["table"].num_rows
-            for key in ("clusters", "empty", "candidates", "verified", "joined", "prefiltered", "buckets_sampled"):
-                sums[key] += result[key]
-            sums["completion_pairs"] += result["completion_pairs"]
+        for done in joined:
+            writer.write_table(done["table"])
+            result: TaskResult = done["result"]
+            sums["clusters"] += done["clusters"]
+            sums["clustered"] += done["table"].num_rows
+            sums["empty"] += done["empty"]
+            sums["completion_pairs"] += result.completion_pairs
+            sums["buckets_sampled"] += result.buckets_sampled
+            results.append(result)
             bar.advance(1)
     os.replace(partial, out)
     if not keep_signatures:
         shutil.rmtree(workdir / "signatures", ignore_errors=True)
     clock["join"] = time.monotonic()
     rss["join"] = round(peak_rss_mb())
+    counts = sum_counts(results)
     names = ("bands", "groups", "count", "join")
     previous = ["start", *names[:-1]]
     stats = {
@@ -380,10 +335,10 @@ def near_dup_files(
         "join_tasks": tasks,
         "stage_seconds": {k: round(clock[k] - clock[p], 3) for k, p in zip(names, previous, strict=True)},
         "driver_peak_rss_mb": rss,  # the driver's peak RSS at the end of each stage
-        "candidate_pairs": sums["candidates"],
-        "jaccard_computed": sums["verified"],
-        "joined_pairs": sums["joined"],
-        "prefiltered_pairs": sums["prefiltered"],
+        "candidate_pairs": counts["candidates"],
+        "jaccard_computed": counts["verified"],
+        "joined_pairs": counts["joined"],
+        "prefiltered_pairs": counts["prefiltered"],
         "completion_pairs": sums["completion_pairs"],
         "exact": int(exact),
         "buckets_sampled": sums["buckets_sampled"],

@@ -83,8 +83,9 @@ def test_toolformer_and_banking77_default_scan_on_ray_equals_the_local_scan(
     shards = math.ceil(result["records"] / 2000)
     for stage in ("near_dup:sketch", "empty_response", "truncated", "repetitive", "refusal", "pii"):
         assert stages[stage]["tasks"] == shards, stage
-    # the LSH band join ran as a shuffle: band keys cut on the workers, joined by reduce tasks
+    # the LSH band join ran as a shuffle: band keys cut on the workers, joined by reduce tasks; then the join itself
     assert stages["near_dup:bands:map"]["tasks"] >= shards - 1 and stages["near_dup:bands:reduce"]["tasks"] >= 1
+    assert stages["near_dup:join"]["tasks"] >= 1
     assert stages["embed:prompt"]["tasks"] >= 2 and stages["embed:response"]["tasks"] >= 1
     assert all(s["workers"] >= 1 and 50 < s["worker_peak_rss_mb"] < 4000 for s in stages.values())
     assert all(5 < s["worker_peak_private_mb"] < 4000 for s in stages.values())  # a task's own memory, measured
