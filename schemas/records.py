@@ -37,8 +37,13 @@ def normalize_content(text: str) -> str:
 
 def prompt_text(messages: Sequence[Mapping[str, str]]) -> str:
     """Non-system text before the final assistant message of ``messages`` ({role, content} dicts)."""
-    body = messages[:-1] if messages and messages[-1]["role"] == Role.ASSISTANT.value else messages
-    return "\n\n".join(m["content"] for m in body if m["role"] != Role.SYSTEM.value)
+    return prompt_of([m["role"] for m in messages], [m["content"] for m in messages])
+
+
+def prompt_of(roles: Sequence[str], contents: Sequence[str]) -> str:
+    """``prompt_text`` of the conversation whose messages have these roles and contents."""
+    end = len(roles) - 1 if roles and roles[-1] == Role.ASSISTANT.value else len(roles)
+    return "\n\n".join(contents[i] for i in range(end) if roles[i] != Role.SYSTEM.value)
 
 
 class Message(BaseModel):

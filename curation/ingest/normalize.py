@@ -1,4 +1,4 @@
-"""Drafted units -> canonical ``schemas.records.Record``: template, normalisation and conversation rules.
+"""Drafted units -> canonical records (as their catalog rows, ``RecordRow``): template, normalisation and rules.
 
 Rules, for every format alike (positions in reasons are 1-based message numbers):
 - system messages only at the start;
@@ -13,14 +13,19 @@ Rules, for every format alike (positions in reasons are 1-based message numbers)
 from __future__ import annotations
 
 from curation.ingest.templates import Template, TemplateFieldMissing
-from curation.ingest.units import Draft, UnitError, is_encodable
-from schemas.records import BatchPurpose, Message, Record, Role, normalize_content
+from curation.ingest.units import Draft, RecordRow, UnitError, is_encodable
+from schemas.ids import canonical_json, record_id_and_messages_json
+from schemas.records import BatchPurpose, normalize_content
 
 _NEXT: dict[str, frozenset[str]] = {
     "user": frozenset({"assistant"}),
     "assistant": frozenset({"user", "tool"}),
     "tool": frozenset({"assistant", "tool"}),
 }
+
+
+#: The commonest role sequences, which pass ``check_role_order`` for every purpose (the check is skipped for them).
+_VALID_EVERYWHERE = frozenset({("user", "assistant"), ("system", "user", "assistant")})
 
 
 def check_role_order(roles: list[str], purpose: BatchPurpose) -> None:
@@ -59,18 +64,32 @@ def apply_template(turns: list[tuple[str, str]], draft: Draft, template: Templat
     return turns
 
 
-def build_record(draft: Draft, purpose: BatchPurpose, template: Template | None) -> Record:
-    """The canonical record of a draft, or ``UnitError`` with the quarantine reason."""
+def build_row(draft: Draft, purpose: BatchPurpose, template: Template | None) -> RecordRow:
+    """The catalog row of a draft's canonical record, or ``UnitError`` with the quarantine reason.
+
+    The hot path of ingest: no pydantic model, each text JSON-encoded once for both the id and messages_json.
+    """
     turns = apply_template(draft.turns, draft, template) if template is not None else draft.turns
-    check_role_order([role for role, _ in turns], purpose)
-    messages = []
+    roles = tuple(role for role, _ in turns)
+    if roles not in _VALID_EVERYWHERE:
+        check_role_order(list(roles), purpose)
+    contents = []
     for i, (role, content) in enumerate(turns, start=1):
         text = normalize_content(content)
         if not text:
             raise UnitError(f"empty {role} message at message {i}")
         if not is_encodable(text):
             raise UnitError(f"message {i} contains an unpaired surrogate (not valid Unicode)")
-        # Already canonical (normalize_content above): skip re-validation, it is the hot path of ingest.
-        messages.append(Message.model_construct(role=Role(role), content=text))
-    label = normalize_content(draft.label) if draft.label is not None else None
-    return Record.from_messages(messages, label=label or None, metadata=draft.metadata)
+        contents.append(text)
+    label = (normalize_content(draft.label) or None) if draft.label is not None else None
+    metadata = draft.metadata
+    record_id, messages_json = record_id_and_messages_json(roles, contents)
+    return RecordRow(
+        record_id=record_id,
+        roles=roles,
+        contents=tuple(contents),
+        messages_json=messages_json,
+        label=label,
+        metadata=metadata,
+        metadata_json=canonical_json(metadata) if metadata else "{}",
+    )

@@ -1,6 +1,6 @@
 """What flows between the ingest steps: raw rows from readers, drafted units from shapes, and rejections.
 
-reader (container) --RawRow--> shape (format) --Draft | Rejected--> normalize --Record | reason
+reader (container) --RawRow--> shape (format) --Draft | Rejected--> normalize --RecordRow | reason
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from schemas.ids import canonical_json
+from schemas.records import Message, Record, Role, prompt_of
 
 #: Raw bytes kept for a quarantined "rest of the file" unit are cut to this size.
 MAX_REST_BYTES = 1 << 20
@@ -44,6 +47,51 @@ class Draft:
     fields: Mapping[str, Any] = field(default_factory=dict)
     #: Raw bytes to quarantine instead of the whole row (an OASST path, a self-instruct instance).
     raw: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRow:
+    """A canonical record as its ``records`` row: the id and every stored column, each computed once.
+
+    Ingest builds these instead of ``schemas.records.Record`` models (the same values; :meth:`record` gives the
+    model), so a row costs no validation and no second JSON encoding.
+    """
+
+    record_id: str
+    roles: tuple[str, ...]
+    contents: tuple[str, ...]
+    messages_json: str
+    label: str | None
+    metadata: dict[str, Any]
+    metadata_json: str
+
+    @property
+    def prompt(self) -> str:
+        return prompt_of(self.roles, self.contents)
+
+    @property
+    def response(self) -> str:
+        return self.contents[-1] if self.roles and self.roles[-1] == Role.ASSISTANT.value else ""
+
+    def record(self) -> Record:
+        pairs = zip(self.roles, self.contents, strict=True)
+        messages = tuple(Message.model_construct(role=Role(role), content=content) for role, content in pairs)
+        return Record.model_construct(
+            record_id=self.record_id, messages=messages, label=self.label, metadata=self.metadata
+        )
+
+    @classmethod
+    def of_record(cls, record: Record, metadata_json: str | None = None) -> RecordRow:
+        """The row of a ``Record`` (edited and redacted versions); its canonical metadata JSON when not given."""
+        return cls(
+            record_id=record.record_id,
+            roles=tuple(m.role.value for m in record.messages),
+            contents=tuple(m.content for m in record.messages),
+            messages_json=canonical_json(record.messages_as_dicts()),
+            label=record.label,
+            metadata=record.metadata,
+            metadata_json=canonical_json(record.metadata) if metadata_json is None else metadata_json,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +147,8 @@ def check_text(value: Any, path: str, limit: int, required: bool = True) -> str:
 
 
 def is_encodable(text: str) -> bool:
+    if text.isascii():  # constant time: most texts, and always encodable
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -143,7 +143,7 @@ def test_files_that_cannot_be_read_are_one_line_errors(tmp_path: Path) -> None:
         near_dup_files([wrong], config, executor, tmp_path / "work")
     text = tmp_path / "notes.parquet"
     text.write_text("not parquet", encoding="utf-8")
-    with pytest.raises(InputError, match="notes.parquet: not a readable Parquet file"):
+    with pytest.raises(InputError, match=r"notes\.parquet: not a readable Parquet file"):
         near_dup_files([text], config, executor, tmp_path / "work")
 
 
