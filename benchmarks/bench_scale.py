@@ -13,7 +13,7 @@ as ``refinery scan`` does, with a fresh temporary DuckDB catalog: the signatures
 (without a catalog, ``signatures_for`` sketches in the driver whatever the executor); the findings are not
 stored. With ``ray`` the MinHash sketch
 (``near_dup:sketch``) and the per-record checks run in shards of ``--shard-records`` on Ray tasks of a private
-instance of ``--num-cpus`` CPUs; the band join, verification and clustering stay in the driver.
+instance of ``--num-cpus`` CPUs, and so do near_dup's band join (a shuffle) and its join tasks (docs/SCALE.md).
 
 Reported per executor: the wall time of each check, near_dup's own stage times (sketch, match and the match's
 candidates / verify / cluster), the executor's per-stage tasks, workers and largest worker peak RSS, the driver's
