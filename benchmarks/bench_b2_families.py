@@ -38,7 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from dedup_common import alpaca_text, machine, peak_rss_mb, python_shingles, table, union_lsh_matches, write_result
+from dedup_common import (
+    alpaca_text,
+    machine,
+    peak_rss_mb,
+    python_shingles,
+    table,
+    timed,
+    union_lsh_matches,
+    write_result,
+)
 from family_corpus import FamilyCorpus, generate_families
 
 ENGINES = ("refinery", "refinery-pairs", "datasketch")
@@ -144,20 +153,6 @@ def run_worker(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _timed(cmd: list[str], env: dict[str, str], folder: Path) -> dict[str, Any]:
-    """Seconds, peak RSS and output of one child process (its own rusage, not that of every child)."""
-    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
-    started = time.perf_counter()
-    with out_path.open("w") as out, err_path.open("w") as err:
-        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err_path.read_text()[-4000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out_path.read_text()}
-
-
 def run_cli(args: argparse.Namespace) -> dict[str, Any]:
     """Ingest, then scan (near_dup, or --cli-checks), through the CLI into a fresh catalog; each step its own
     process."""
@@ -174,14 +169,14 @@ def run_cli(args: argparse.Namespace) -> dict[str, Any]:
         del corpus
         workspace = folder / "ws"
         base = [refinery, "-q", "-w", str(workspace)]
-        out["ingest"] = _timed([*base, "ingest", str(data), "--format", "alpaca"], env, folder)
+        out["ingest"] = timed([*base, "ingest", str(data), "--format", "alpaca"], env, folder)
         checks = [] if args.cli_checks == "default" else ["--checks", args.cli_checks]
         scan = [*base, "scan", *checks, "--json"]
         if args.cli_executor != "local":
             scan += ["--executor", args.cli_executor]
         if args.threshold != 0.7:
             scan += ["--threshold", str(args.threshold)]
-        out["scan"] = _timed(scan, env, folder)
+        out["scan"] = timed(scan, env, folder)
         summary = json.loads(out["scan"].pop("stdout"))
         out["scan"]["summary"] = summary
         out["ingest"].pop("stdout")

@@ -22,14 +22,11 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-from dedup_common import SHARED_DATA, machine, table, write_result
+from dedup_common import SHARED_DATA, machine, table, timed, write_result
 
 
 def write_corpus(path: Path, n: int) -> str:
@@ -56,19 +53,6 @@ def write_corpus(path: Path, n: int) -> str:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     return kind
-
-
-def timed(cmd: list[str], env: dict[str, str], folder: Path) -> dict[str, Any]:
-    """Seconds and peak RSS of one child process (its own rusage), and its stdout."""
-    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
-    started = time.perf_counter()
-    with out_path.open("w") as out, err_path.open("w") as err:
-        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err_path.read_text()[-4000:]}")
-    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out_path.read_text()}
 
 
 def duckdb_worker(data: Path, database: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -76,6 +77,20 @@ def union_lsh_matches(sketches: Sequence[Any], lsh: Any) -> tuple[Callable[[int]
                 if ri != rj:
                     parent[max(ri, rj)] = min(ri, rj)
     return find, pairs
+
+
+def timed(cmd: list[str], env: dict[str, str], folder: Path) -> dict[str, Any]:
+    """Seconds, peak RSS and stdout of one child process (its own rusage, not that of every child); its output goes
+    to ``folder``, and a failure ends the benchmark with the tail of its stderr."""
+    out_path, err_path = folder / "stdout.txt", folder / "stderr.txt"
+    started = time.perf_counter()
+    with out_path.open("w") as out, err_path.open("w") as err:
+        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(child.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err_path.read_text()[-4000:]}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": out_path.read_text()}
 
 
 def machine() -> dict[str, Any]:

@@ -19,6 +19,8 @@ from refinery.cli_adapter import register as register_adapter_commands
 from refinery.cli_audit import register as register_audit_commands
 from refinery.cli_context import (
     EXIT_FAILED,
+    ExecutorOpt,
+    RayAddressOpt,
     RefineryGroup,
     choose_workspace,
     cli_errors,
@@ -199,13 +201,8 @@ def scan(
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON: check name -> its options; 'executor': where to run (below).")
     ] = None,
-    executor: Annotated[
-        str | None, typer.Option(help="Where the heavy stages run: local (this process) or ray (docs/SCALE.md).")
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="--executor ray: 'auto' (the cluster of `ray start`), ray://HOST:10001, or unset: private."),
-    ] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run quality checks over the training records; findings land in the catalog."""

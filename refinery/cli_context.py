@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -107,6 +107,15 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping at the top level")
     return data
+
+
+ExecutorOpt = Annotated[
+    str | None, typer.Option(help="Where the heavy stages run: local (this process) or ray (docs/SCALE.md).")
+]
+RayAddressOpt = Annotated[
+    str | None,
+    typer.Option(help="--executor ray: 'auto' (the cluster of `ray start`), ray://HOST:10001, or unset: private."),
+]
 
 
 def executor_config(settings: dict[str, Any], kind: str | None, ray_address: str | None) -> ExecutorConfig:

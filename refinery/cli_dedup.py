@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from refinery.cli_context import cli_errors, executor_config, load_config
+from refinery.cli_context import ExecutorOpt, RayAddressOpt, cli_errors, executor_config, load_config
 from refinery.errors import UsageError
 from refinery.output import JsonOpt, emit_json, print_facts
 
@@ -30,13 +30,8 @@ def dedup(
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON: near_dup's options, and 'executor': where to run.")
     ] = None,
-    executor: Annotated[
-        str | None, typer.Option(help="Where the heavy stages run: local (this process) or ray (docs/SCALE.md).")
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(help="--executor ray: 'auto' (the cluster of `ray start`), ray://HOST:10001, or unset: private."),
-    ] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
     keep_signatures: Annotated[
         bool, typer.Option(help="Keep OUT/signatures (the MinHash signatures, 512 bytes a record).")
     ] = False,

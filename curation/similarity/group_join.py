@@ -17,8 +17,8 @@ driver) and by ``refinery dedup`` (:mod:`curation.similarity.near_dup_files`, th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -145,7 +145,7 @@ def join_task(config: NearDupConfig, prefix: str, task: JoinTask, texts: TaskTex
     return TaskResult(done["completion_pairs"], clusters, nearest, counts, done["buckets_sampled"])
 
 
-def sum_counts(results: list[TaskResult] | Any) -> dict[str, int]:
+def sum_counts(results: Iterable[TaskResult]) -> dict[str, int]:
     """The tasks' counts added up (the counts one join over every group would report)."""
     total = dict.fromkeys(("candidates", "verified", "joined", "prefiltered", "good"), 0)
     for result in results:

@@ -286,14 +286,9 @@ def _on_executor(
     results = list(executor.map(run, [(*i, exact) for i in inputs], stage=f"{stage}:join"))
     clusters = sorted((c for r in results for c in r.clusters), key=lambda c: c.cluster_id)
     nearest = {k: v for r in results for k, v in r.nearest.items()}
-    counts = group_join.sum_counts(results)
     clock.append(time.perf_counter())
-    stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
+    stats = _clusters_join_stats(config, bands, rows, group_join.sum_counts(results))
     stats.update(
-        join="clusters",
-        joined_pairs=counts["joined"],
-        prefiltered_pairs=counts["prefiltered"],
-        jaccard_computed=counts["verified"],
         completion_pairs=sum(r.completion_pairs for r in results),
         exact=int(exact),
         buckets_sampled=sum(r.buckets_sampled for r in results),
@@ -334,17 +329,21 @@ def _join_clusters(
     candidates_seconds = time.perf_counter() - started
     plan = JoinPlan(config.bucket_partners, config.bucket_completion, config.completion_limit, sampled_floor)
     completion = join_clusters(state, runs, plan)
-    counts = state.counts
+    stats = _clusters_join_stats(config, bands, rows, state.counts)
+    stats.update(candidates_seconds=round(candidates_seconds, 3), **completion)
+    return (*state.pairs(), sets, stats)
+
+
+def _clusters_join_stats(config: NearDupConfig, bands: int, rows: int, counts: dict[str, int]) -> dict[str, Any]:
+    """The summary of the clusters join from its counts (one join, or the sum of its tasks')."""
     stats = match_stats(config, bands, rows, counts["candidates"], counts["verified"], counts["good"])
     stats.update(
         join="clusters",
         joined_pairs=counts["joined"],
         prefiltered_pairs=counts["prefiltered"],
         jaccard_computed=counts["verified"],
-        candidates_seconds=round(candidates_seconds, 3),
-        **completion,
     )
-    return (*state.pairs(), sets, stats)
+    return stats
 
 
 def _join_pairs(texts: Sequence[str], sketches: Sketches, config: NearDupConfig, finder: ArrayUnionFind) -> JoinOutput:

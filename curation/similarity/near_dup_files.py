@@ -55,11 +55,10 @@ from curation.similarity.group_join import (
     plan_tasks,
     sum_counts,
 )
-from curation.similarity.jaccard import distinct_runs
+from curation.similarity.jaccard import ShingleSets, ragged_arange
 from curation.similarity.minhash import MinHasher, from_bytes
 from curation.similarity.near_dup import NearDupConfig, Scope, scope_text
 from curation.similarity.near_dup_join import band_runs_from_keys
-from curation.similarity.shingles import shingle_batch
 from schemas.errors import InputError
 from schemas.progress import log, progress
 
@@ -67,7 +66,7 @@ if TYPE_CHECKING:
     from curation.executors import Executor
 
 COLUMNS = ("record_id", "prompt", "response")
-GATHER_BATCH = 2_000  # texts shingled at once by a join map task
+SHINGLE_CHARS = 1 << 20  # characters shingled at once by a join map task
 CLUSTER_SCHEMA = pa.schema(
     [
         ("cluster_id", pa.string()),
@@ -179,25 +178,18 @@ def _read_rows(config: NearDupConfig, workdir: str, tasks: int, wanted: FileRows
     local = wanted.rows - shard.first_row
     sketches = from_bytes(signatures.column("signature").take(pa.array(local)).to_pylist(), config.num_perm)
     ids, texts = _texts(shard.path, config.scope, local) if len(local) else ([], [])
-    values, sizes = [], []
-    for lo in range(0, len(texts), GATHER_BATCH):  # shingling holds several arrays per character of its texts
-        batch_values, batch_sizes = distinct_runs(shingle_batch(texts[lo : lo + GATHER_BATCH], config.ngram))
-        values.append(batch_values)
-        sizes.append(batch_sizes)
-    all_values = np.concatenate(values) if values else np.zeros(0, dtype=np.uint64)
-    all_sizes = np.concatenate(sizes) if sizes else np.zeros(0, dtype=np.int64)
-    starts = np.cumsum(all_sizes) - all_sizes
+    # shingled in batches of about SHINGLE_CHARS characters: shingling holds several arrays per character
+    sets = ShingleSets(texts, np.arange(len(texts)), config.ngram, batch_chars=SHINGLE_CHARS)
     parts = []
     for task in range(tasks):
         mine = np.flatnonzero(wanted.task == task)
-        spans = [all_values[starts[i] : starts[i] + all_sizes[i]] for i in mine.tolist()]
         parts.append(
             JoinRows(
                 wanted.local[mine],
                 [ids[i] for i in mine.tolist()],
                 sketches[mine],
-                np.concatenate(spans) if spans else np.zeros(0, dtype=np.uint64),
-                all_sizes[mine],
+                sets.values[ragged_arange(sets.starts[mine], sets.sizes[mine])],
+                sets.sizes[mine],
                 empty if task == 0 else 0,
             )
         )
