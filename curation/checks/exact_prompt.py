@@ -36,7 +36,7 @@ def check_exact_prompt(records: Sequence[ScanRecord], ctx: CheckContext | None =
                 {"cluster_id": cluster.cluster_id, "kept_record_id": cluster.kept},
             )
         )
-    response_of = {r.record_id: dedup_key(r.response) for r in records}
+    response_of = {r.record_id: dedup_key(r.response) for r in records if r.record_id in by_member}
     conflicts = sum(len({response_of[m] for m in c.members}) > 1 for c in clusters)
     summary = {
         "clusters": len(clusters),

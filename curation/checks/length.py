@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.checks.response import SKIPPED_EMPTY, is_blank, max_score_summary
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
-from curation.similarity.shingles import shingle_batch
+from curation.similarity.shingles import word_counts
 
 
 class LengthConfig(BaseModel):
@@ -65,7 +65,7 @@ def check_length(records: Sequence[ScanRecord], ctx: CheckContext | None = None)
     nothing is flagged and the summary says why. Empty responses are skipped (see ``empty_response``).
     """
     config = ctx.config if ctx is not None and isinstance(ctx.config, LengthConfig) else LengthConfig()
-    lengths = shingle_batch([r.response for r in records], 1).counts.astype(np.float64)
+    lengths = word_counts([r.response for r in records]).astype(np.float64)
     present = np.array([not is_blank(r.response) for r in records], dtype=bool)
     summary: dict[str, Any] = {"z_threshold": config.z_threshold}
     n_present = int(present.sum())

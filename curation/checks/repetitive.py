@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.checks.response import SKIPPED_EMPTY, is_blank, max_score_summary
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
-from curation.similarity.shingles import shingle_batch
+from curation.similarity.shingles import shingle_batch, word_counts
 
 
 class RepetitiveConfig(BaseModel):
@@ -43,8 +43,9 @@ def check_repetitive(records: Sequence[ScanRecord], ctx: CheckContext | None = N
     the maximum anywhere is 0.43); a degenerate loop is near 1.
     """
     config = ctx.config if ctx is not None and isinstance(ctx.config, RepetitiveConfig) else RepetitiveConfig()
-    batch = shingle_batch([r.response for r in records], config.ngram)
-    words = shingle_batch([r.response for r in records], 1).counts
+    responses = [r.response for r in records]
+    batch = shingle_batch(responses, config.ngram)
+    words = word_counts(responses)
     findings = []
     for i, rec in enumerate(records):
         if is_blank(rec.response):

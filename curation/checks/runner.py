@@ -17,20 +17,29 @@ import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel
 from rich.markup import escape
 
+from curation.checks.records import RecordTable, read_training_records
 from curation.checks.registry import CHECKS, default_checks, resolve_checks
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, ContractError, ScanError, ScanRecord
 from curation.checks.store import delete_scan_rows, store_check
 from curation.embeddings.model import model_id
-from curation.executors import Executor, ExecutorConfig, ExecutorError, ExecutorUnavailable, open_executor, shards_of
+from curation.executors import (
+    Executor,
+    ExecutorConfig,
+    ExecutorError,
+    ExecutorUnavailable,
+    PrivateMemoryWatch,
+    open_executor,
+    release_freed_memory,
+    shards_of,
+)
 from curation.similarity.eval_match import eval_items_hash
-from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog, add_lineage_edge, utcnow
-from schemas.ids import artifact_id, canonical_json, sha256_text
+from schemas.ids import artifact_id, canonical_json
 from schemas.locks import step_lock
 from schemas.progress import log, progress
 
@@ -50,27 +59,14 @@ class ScanResult:
         return out
 
 
-def load_training_records(catalog: Catalog) -> list[ScanRecord]:
-    """Records with at least one training source row, each with the rank used to pick kept members."""
-    sql = """
-        WITH first_source AS (
-            SELECT s.record_id,
-                   min(struct_pack(t := strftime(b.started_at, '%Y-%m-%dT%H:%M:%S.%f'), r := s.row,
-                                   i := s.sub_index)) AS first
-            FROM source_rows s JOIN ingest_batches b USING (batch_id)
-            WHERE b.purpose = 'train'
-            GROUP BY s.record_id
-        )
-        SELECT r.record_id, r.prompt, r.response, r.label, f.first.t, f.first.r, f.first.i
-        FROM records r JOIN first_source f USING (record_id)
-        ORDER BY r.record_id
-    """
-    with catalog.read() as con:
-        rows = con.execute(sql).fetchall()
-    return [
-        ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
-        for rid, prompt, response, label, t, row, sub in rows
-    ]
+#: How often the scan samples its own memory while a check runs (``peak_private_mb`` in the check's summary).
+MEMORY_SAMPLE_SECONDS = 0.05
+
+
+def load_training_records(catalog: Catalog) -> RecordTable:
+    """Records with at least one training source row, each with the rank used to pick kept members, in record-id
+    order, read from a memory-mapped file (:mod:`curation.checks.records`)."""
+    return read_training_records(catalog)
 
 
 def scan_config(catalog: Catalog, resolved: dict[str, BaseModel | None]) -> dict[str, Any]:
@@ -153,10 +149,11 @@ def _stage_stats(executor: Executor, before: dict[str, int]) -> dict[str, Any]:
 def run_check(
     name: str, records: Sequence[ScanRecord], catalog: Catalog | None, config: BaseModel | None, executor: Executor
 ) -> CheckOutput:
-    """``name`` over ``records``: on shards on the executor when the check is per-record and the executor is not
-    this process; else at once, with the executor in its context for the stages it distributes itself."""
+    """``name`` over ``records``: on shards on the executor when the check is per-record (in this process too, so
+    its memory is that of one shard); else at once, with the executor in its context for the stages it distributes
+    itself."""
     spec = CHECKS[name]
-    if spec.shard_summary is None or executor.kind == "local":
+    if spec.shard_summary is None:
         return spec.run(records, CheckContext(catalog, config, executor))
     task = functools.partial(_run_shard, spec, config)
     outputs = list(executor.map(task, _record_shards(executor, records), stage=name))
@@ -170,9 +167,34 @@ def run_check(
 _SHARDS: dict[int, tuple[Executor, Sequence[ScanRecord], list[list[ScanRecord]]]] = {}
 
 
-def _record_shards(executor: Executor, records: Sequence[ScanRecord]) -> list[list[ScanRecord]]:
-    """The records cut into the executor's shards, once per executor and record list, pinned where the workers read
-    them: the per-record checks of a scan share them instead of sending every record once per check."""
+class _LazyShards(Sequence[list[ScanRecord]]):
+    """The records in shards of ``size``, each read when a task asks for it (in this process: one shard's records
+    at a time, not every record as objects)."""
+
+    def __init__(self, records: Sequence[ScanRecord], size: int) -> None:
+        self.records, self.size = records, size
+
+    def __len__(self) -> int:
+        return -(-len(self.records) // self.size)
+
+    @overload
+    def __getitem__(self, index: int) -> list[ScanRecord]: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[list[ScanRecord]]: ...
+    def __getitem__(self, index: int | slice) -> list[ScanRecord] | list[list[ScanRecord]]:
+        if isinstance(index, slice):
+            return [self[j] for j in range(*index.indices(len(self)))]
+        if not 0 <= index < len(self):
+            raise IndexError(f"shard {index} of {len(self)}")
+        return list(self.records[index * self.size : (index + 1) * self.size])
+
+
+def _record_shards(executor: Executor, records: Sequence[ScanRecord]) -> Sequence[list[ScanRecord]]:
+    """The records cut into the executor's shards. In this process, each read when its task runs; on a cluster,
+    once per executor and record list, pinned where the workers read them: the per-record checks of a scan share
+    them instead of sending every record once per check."""
+    if executor.kind == "local":
+        return _LazyShards(records, executor.shard_records)
     cached = _SHARDS.get(id(executor))
     if cached is not None and cached[0] is executor and cached[1] is records:
         return cached[2]
@@ -219,13 +241,27 @@ def _run_scan(
         if left_out:
             log(f"[yellow]scan: {', '.join(left_out)} left out[/yellow] ({escape(next(iter(left_out.values())))})")
     resolved = resolve_checks(checks, config)
-    names = sorted(resolved)
     started = time.monotonic()
     records = load_training_records(catalog)
+    try:
+        return _scan_records(catalog, records, resolved, left_out, executor_config, started)
+    finally:
+        records.close()
+
+
+def _scan_records(
+    catalog: Catalog,
+    records: RecordTable,
+    resolved: dict[str, BaseModel | None],
+    left_out: dict[str, str],
+    executor_config: ExecutorConfig | None,
+    started: float,
+) -> ScanResult:
+    names = sorted(resolved)
     if not records:
         raise ScanError("no training records in the catalog: run `refinery ingest` first")
     config_of_scan = scan_config(catalog, resolved)
-    records_hash = sha256_text("\n".join(r.record_id for r in records))
+    records_hash = records.records_hash
     scan_id = artifact_id("scan", {"records": records_hash, "config": config_of_scan})
     with catalog.read() as con:
         row = con.execute("SELECT status, summary_json FROM scans WHERE scan_id = ?", [scan_id]).fetchone()
@@ -244,20 +280,28 @@ def _run_scan(
                 bar.set_description(f"scan: {name}")
                 tasks_before = {stage: stats.tasks for stage, stats in executor.stats.items()}
                 check_started = time.monotonic()
-                try:
-                    output = run_check(name, records, catalog, resolved[name], executor)
-                    enforce_contract(name, records, output)
-                except ExecutorError:
-                    raise
-                except Exception as exc:  # one broken check must not sink the scan
-                    summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
-                    log(f"[red]check {name} failed[/red]: {exc}")
+                output: CheckOutput | None = None
+                release_freed_memory()  # the previous check's output is gone: its pages go back to the system
+                with PrivateMemoryWatch(MEMORY_SAMPLE_SECONDS) as watch:
+                    try:
+                        output = run_check(name, records, catalog, resolved[name], executor)
+                        enforce_contract(name, records, output)
+                    except ExecutorError:
+                        raise
+                    except Exception as exc:  # one broken check must not sink the scan
+                        output = None
+                        summary[name] = {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
+                        log(f"[red]check {name} failed[/red]: {exc}")
+                    if output is not None:
+                        store_check(catalog, scan_id, name, output)
+                if output is None:
                     bar.advance()
                     continue
-                store_check(catalog, scan_id, name, output)
                 flagged = sum(f.flagged for f in output.findings)
                 summary[name] = {**output.summary, "flagged": flagged}
                 summary[name]["wall_seconds"] = round(time.monotonic() - check_started, 3)  # run and store
+                if watch.peak_mb is not None:  # this process's own memory at its highest while the check ran
+                    summary[name]["peak_private_mb"] = round(watch.peak_mb)
                 if executor.kind != "local":
                     summary[name]["executor"] = _stage_stats(executor, tasks_before)
                 bar.advance()

@@ -32,7 +32,7 @@ class ContractError(Exception):
     """A check's output breaks the contract (a finding missing or repeated, a score outside [0, 1])."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a scan holds one per record (1M at scale)
 class ScanRecord:
     record_id: str
     prompt: str
@@ -41,7 +41,7 @@ class ScanRecord:
     rank: KeepRank
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     record_id: str
     score: float  # in [0, 1], higher = worse (the check's spec says what worse means)
@@ -50,7 +50,7 @@ class Finding:
     details: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PairFinding:
     """A finding about two records: ``record_a`` is the flagged one, ``record_b`` the one it is compared with
     (stored in ``finding_pairs``; conflicts appear in the ``conflicts`` view)."""

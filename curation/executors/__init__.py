@@ -11,8 +11,10 @@ from curation.executors.base import (
     ExecutorConfig,
     ExecutorError,
     ExecutorUnavailable,
+    PrivateMemoryWatch,
     StageStats,
     open_executor,
+    release_freed_memory,
     shards_of,
 )
 
@@ -21,7 +23,9 @@ __all__ = [
     "ExecutorConfig",
     "ExecutorError",
     "ExecutorUnavailable",
+    "PrivateMemoryWatch",
     "StageStats",
     "open_executor",
+    "release_freed_memory",
     "shards_of",
 ]

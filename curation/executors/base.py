@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import resource
 import sys
 import threading
@@ -127,6 +128,26 @@ def peak_rss_mb() -> float:
     """This process's peak resident set size in MB (Linux reports KB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl)
+        return None
+    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+    return trim
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages this process has freed back to the system. glibc keeps them for reuse, fragmented, so
+    without this a scan's memory only grows from one check to the next (measured at 1M records: 1.4 GB before its
+    first check, 3.4 GB in its sixth). A no-op without glibc."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 class PrivateMemoryWatch:

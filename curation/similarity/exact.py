@@ -35,7 +35,7 @@ def dedup_key(*parts: str) -> str:
     return hashlib.sha256(joined.encode("utf-8")).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeepRank:
     """Why one member of a cluster is kept: lower sorts first. Fields in order of precedence."""
 

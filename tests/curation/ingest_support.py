@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,25 @@ def records_of(catalog: Catalog, batch_id: str) -> list[dict[str, Any]]:
         row["messages"] = json.loads(row["messages_json"])
         row["metadata"] = json.loads(row["metadata_json"])
     return rows
+
+
+def write_synthetic_families(folder: Path, n_bases: int = 300) -> Path:
+    """Families of near-duplicate answers (a word changed per copy), PII and truncated answers."""
+    rng = random.Random(7)
+    vocab = [f"w{i}" for i in range(2000)]
+    lines = []
+    for base in range(n_bases):
+        words = rng.choices(vocab, k=40)
+        for copy in range(4):
+            changed = list(words)
+            changed[rng.randrange(len(changed))] = rng.choice(vocab)
+            answer = " ".join(changed) + "."
+            if base % 50 == 0 and copy == 0:
+                answer += " Call me at 415-555-0132 or mail jane.doe@example.com."
+            if base % 37 == 0 and copy == 1:
+                answer = " ".join(changed[:25]) + " and then the"
+            prompt = f"Question {base}-{copy}: explain topic {base}."
+            lines.append(json.dumps({"instruction": prompt, "output": answer}))
+    path = folder / "synthetic.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from curation.checks import DEFAULT_CHECKS
 from schemas.catalog import Catalog
+from tests.curation.ingest_support import write_synthetic_families
 from tests.support.cli import invoke_cli, run_cli
 from tests.support.ray_cluster import local_ray_cluster
 
@@ -92,32 +92,10 @@ def test_toolformer_and_banking77_default_scan_on_ray_equals_the_local_scan(
     assert not stages_of(expected)  # the local scan says nothing of an executor
 
 
-def _synthetic(folder: Path, n_bases: int = 300) -> Path:
-    """Families of near-duplicate answers (a word changed per copy), PII and truncated answers."""
-    rng = random.Random(7)
-    vocab = [f"w{i}" for i in range(2000)]
-    lines = []
-    for base in range(n_bases):
-        words = rng.choices(vocab, k=40)
-        for copy in range(4):
-            changed = list(words)
-            changed[rng.randrange(len(changed))] = rng.choice(vocab)
-            answer = " ".join(changed) + "."
-            if base % 50 == 0 and copy == 0:
-                answer += " Call me at 415-555-0132 or mail jane.doe@example.com."
-            if base % 37 == 0 and copy == 1:
-                answer = " ".join(changed[:25]) + " and then the"
-            prompt = f"Question {base}-{copy}: explain topic {base}."
-            lines.append(json.dumps({"instruction": prompt, "output": answer}))
-    path = folder / "synthetic.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def twin_workspaces(tmp_path: Path) -> tuple[Path, Path]:
     """Two workspaces with the same synthetic corpus; the first scanned locally."""
-    data = _synthetic(tmp_path)
+    data = write_synthetic_families(tmp_path)
     local, distributed = tmp_path / "local", tmp_path / "ray"
     for ws in (local, distributed):
         ws.mkdir()
@@ -160,7 +138,7 @@ def test_a_worker_killed_mid_stage_is_retried_and_changes_nothing(
     assert result["pii"]["flagged"] == 6 and result["truncated"]["flagged"] >= 8
     # the shards' summaries joined by each check's rules equal the summary of one pass over every record
     local_summary = json.loads(Catalog(local / "catalog.duckdb").scalar("SELECT summary_json FROM scans"))
-    timing = {"executor", "wall_seconds"}
+    timing = {"executor", "wall_seconds", "peak_private_mb"}
     for check in ("pii", "truncated", "repetitive"):
         joined = {k: v for k, v in result[check].items() if k not in timing}
         assert joined == {k: v for k, v in local_summary[check].items() if k not in timing}, check
@@ -187,7 +165,7 @@ def test_a_task_that_keeps_losing_its_worker_fails_the_scan_and_leaves_nothing(
 def test_executor_settings_are_checked_before_any_work(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    run_cli(ws, "ingest", str(_synthetic(tmp_path, n_bases=5)))
+    run_cli(ws, "ingest", str(write_synthetic_families(tmp_path, n_bases=5)))
     wrong_kind = invoke_cli(ws, "scan", "--executor", "spark", "--json")
     assert wrong_kind.exit_code == 2 and "executor: kind: Input should be 'local' or 'ray'" in wrong_kind.stdout
     nobody = invoke_cli(ws, "scan", "--checks", "exact", "--ray-address", "127.0.0.1:1", "--json")
