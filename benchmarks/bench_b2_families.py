@@ -279,6 +279,12 @@ def main() -> None:
             if isinstance(summary, dict) and "wall_seconds" in summary
         }
         print(f"CLI scan, seconds per check (run and store): {per_check}")
+        peaks = {
+            name: summary["peak_private_mb"]
+            for name, summary in scan["summary"].items()
+            if isinstance(summary, dict) and "peak_private_mb" in summary
+        }
+        print(f"CLI scan, the scan's own memory (MB, RssAnon) at its highest during each check: {peaks}")
         final.append(f"CLI scan {scan['seconds']:.1f} s, {scan['peak_rss_mb']:.0f} MB")
     tag = "" if args.cli_checks == "near_dup" and args.cli_executor == "local" else f"{args.cli_executor}_"
     path = write_result(f"b2_families_{'cli_' + tag if args.cli_only else ''}n{args.n}", payload)

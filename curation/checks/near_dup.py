@@ -24,6 +24,7 @@ from typing import overload
 from pydantic import BaseModel
 
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
+from curation.executors import release_freed_memory
 from curation.similarity.jaccard import ShingleRuns
 from curation.similarity.minhash_store import signatures_for
 from curation.similarity.near_dup import NearDupConfig, Scope, find_near_duplicates, scope_text
@@ -79,6 +80,7 @@ def check_near_dup(records: Sequence[ScanRecord], ctx: CheckContext) -> CheckOut
         ctx.catalog, ids, texts, config.minhash_params(), config.scope, on_shingles=collect,
         executor=ctx.executor, stage=f"{SCOPE_CHECKS[config.scope]}:sketch",
     )  # fmt: skip
+    release_freed_memory()  # the signatures read from the catalog went through Arrow's allocator (512 MB at 1M)
     sketched_at = time.monotonic()
     ranks = {r.record_id: r.rank for r in records}
     prefix = {"pair": "nd_", "prompt": "ndp_", "response": "ndr_"}[config.scope]

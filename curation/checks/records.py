@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from curation.checks.spec import ScanRecord
+from curation.executors import release_freed_memory
 from curation.similarity.exact import KeepRank
 from schemas.catalog import Catalog
 
@@ -220,4 +221,5 @@ def read_training_records(catalog: Catalog, in_memory: int | None = None) -> Rec
     table = RecordTable(batches, digest.hexdigest(), source)
     if len(table) <= (IN_MEMORY_RECORDS if in_memory is None else in_memory):
         table.load()
+    release_freed_memory()  # DuckDB's batches went through Arrow's allocator
     return table

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeVar
 
+import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.errors import Failure, InputError
@@ -143,10 +144,11 @@ _MALLOC_TRIM = _malloc_trim()
 
 
 def release_freed_memory() -> None:
-    """Hand the heap pages this process has freed back to the system. glibc keeps them for reuse, fragmented, so
-    without this a scan's memory only grows from one check to the next (measured at 1M records: 1.4 GB before its
-    first check, 3.4 GB in its sixth). A no-op without glibc."""
-    if _MALLOC_TRIM is not None:
+    """Hand the memory this process has freed back to the system: Arrow's allocator (mimalloc or jemalloc) and
+    glibc's keep freed pages for reuse, so without this a scan's memory grows from one check to the next (at 1M
+    records, Arrow alone kept 470 MB after storing one check's findings)."""
+    pa.default_memory_pool().release_unused()
+    if _MALLOC_TRIM is not None:  # glibc only
         _MALLOC_TRIM(0)
 
 

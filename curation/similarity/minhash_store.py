@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from curation.executors import Executor
 
 WRITE_CHUNK = 50_000  # records per write transaction
+READ_CHUNK = 65_536  # signatures read from the catalog at a time
 
 
 def params_hash(params: MinHashParams, scope: str) -> str:
@@ -49,17 +50,17 @@ def load_signatures(
     wanted = pa.table({"record_id": list(record_ids), "pos": np.arange(n, dtype=np.int64)})
     with catalog.read() as con:
         con.register("wanted_ids", wanted)
-        table = con.sql(
+        reader = con.sql(
             "SELECT w.pos, s.n_shingles, s.signature FROM wanted_ids w JOIN minhash_signatures s "
             "ON s.record_id = w.record_id AND s.params_hash = $key",
             params={"key": key},
-        ).to_arrow_table()
+        ).to_arrow_reader(READ_CHUNK)
+        for batch in reader:  # a batch at a time: every blob at once as Arrow and as bytes was 1 GB at 1M records
+            pos = batch.column("pos").to_numpy()
+            found[pos] = True
+            n_shingles[pos] = batch.column("n_shingles").to_numpy()
+            signatures[pos] = from_bytes(batch.column("signature").to_pylist(), num_perm)
         con.unregister("wanted_ids")
-    if table.num_rows:
-        pos = table.column("pos").to_numpy()
-        found[pos] = True
-        n_shingles[pos] = table.column("n_shingles").to_numpy()
-        signatures[pos] = from_bytes(table.column("signature").to_pylist(), num_perm)
     return found, Sketches(signatures, n_shingles)
 
 
