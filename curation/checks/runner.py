@@ -65,7 +65,8 @@ MEMORY_SAMPLE_SECONDS = 0.05
 
 def load_training_records(catalog: Catalog) -> RecordTable:
     """Records with at least one training source row, each with the rank used to pick kept members, in record-id
-    order, read from a memory-mapped file (:mod:`curation.checks.records`)."""
+    order, read through an Arrow file: in memory up to 2M records, from the mapped file past that
+    (:mod:`curation.checks.records`)."""
     return read_training_records(catalog)
 
 

@@ -36,7 +36,10 @@ def _strip(value: Any) -> Any:
         return {
             k: _strip(v)
             for k, v in value.items()
-            if k not in VOLATILE_KEYS and not k.endswith("_seconds") and not k.endswith("_per_second")
+            if k not in VOLATILE_KEYS
+            and not k.endswith("_seconds")
+            and not k.endswith("_per_second")
+            and not (k.startswith("peak_") and k.endswith("_mb"))  # memory use: peak_rss_mb, peak_private_mb
         }
     if isinstance(value, list):
         return [_strip(v) for v in value]

@@ -51,12 +51,15 @@ def run_job(http: httpx.Client, kind: str, timeout: float = 180.0, **params: Any
 
 def without(payload: Any, volatile: frozenset[str] = frozenset()) -> Any:
     """A JSON value without the keys whose values differ between two identical runs: timings (``seconds``,
-    ``*_seconds``, ``tokens_per_second``) and ``volatile``."""
+    ``*_seconds``, ``tokens_per_second``), memory use (``peak_*_mb``) and ``volatile``."""
     if isinstance(payload, dict):
         return {
             k: without(v, volatile)
             for k, v in payload.items()
-            if k not in volatile and not k.endswith("seconds") and k != "tokens_per_second"
+            if k not in volatile
+            and not k.endswith("seconds")
+            and k != "tokens_per_second"
+            and not (k.startswith("peak_") and k.endswith("_mb"))
         }
     if isinstance(payload, list):
         return [without(v, volatile) for v in payload]
