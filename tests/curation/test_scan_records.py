@@ -121,7 +121,7 @@ def test_the_default_scan_of_the_mapped_table_stores_what_the_scan_of_the_record
     workspace: Path, catalog: Catalog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every check, the embedding checks' random look-ups included, reads the mapped table as it reads a list."""
-    run_cli(workspace, "ingest", str(write_synthetic_families(tmp_path, n_bases=100)))  # families, PII, truncation
+    run_cli(workspace, "ingest", str(write_synthetic_families(tmp_path, n_bases=40)))  # families, PII, truncation
     banking_like(catalog, tmp_path)  # labelled paraphrases and a misfiled one: label_issue, inconsistency
     mapped: list[bool] = []
 
@@ -133,7 +133,7 @@ def test_the_default_scan_of_the_mapped_table_stores_what_the_scan_of_the_record
     monkeypatch.setattr(scan_runner, "read_training_records", spy)
     first = run_cli(workspace, "scan")
     expected = stored(workspace)
-    assert len(expected["findings"]) > 5000 and len(expected["duplicate_members"]) > 200
+    assert len(expected["findings"]) > 2000 and len(expected["duplicate_members"]) > 100
     with catalog.write() as con:
         delete_scan_rows(con, first["scan_id"])
     monkeypatch.setattr(scan_records, "IN_MEMORY_RECORDS", 0)
