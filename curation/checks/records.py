@@ -64,6 +64,11 @@ TRAINING_RECORDS_SQL = """
 _COLUMNS = ("record_id", "prompt", "response", "label", "first_t", "first_row", "first_sub")
 
 
+def _record(rid: str, prompt: str, response: str, label: str | None, t: str, row: int, sub: int) -> ScanRecord:
+    """One row of :data:`TRAINING_RECORDS_SQL` (in :data:`_COLUMNS` order) as the record a check reads."""
+    return ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
+
+
 class RecordTable(Sequence[ScanRecord]):
     """The training records of a scan (see the module docstring), with the hash of their ids."""
 
@@ -96,15 +101,9 @@ class RecordTable(Sequence[ScanRecord]):
     def __len__(self) -> int:
         return self._starts[-1]
 
-    def __bool__(self) -> bool:
-        return len(self) > 0
-
     def _block(self, j: int) -> list[ScanRecord]:
         columns = [self._batches[j].column(name).to_pylist() for name in _COLUMNS]
-        return [
-            ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
-            for rid, prompt, response, label, t, row, sub in zip(*columns, strict=True)
-        ]
+        return [_record(*row) for row in zip(*columns, strict=True)]
 
     def _cached(self, j: int) -> list[ScanRecord]:
         block = self._blocks.get(j)
@@ -118,8 +117,7 @@ class RecordTable(Sequence[ScanRecord]):
 
     def _one(self, j: int, offset: int) -> ScanRecord:
         batch = self._batches[j]
-        rid, prompt, response, label, t, row, sub = (batch.column(name)[offset].as_py() for name in _COLUMNS)
-        return ScanRecord(rid, prompt, response, label, KeepRank(1, 0.0, (t, int(row), int(sub)), rid))
+        return _record(*(batch.column(name)[offset].as_py() for name in _COLUMNS))
 
     @overload
     def __getitem__(self, index: int) -> ScanRecord: ...

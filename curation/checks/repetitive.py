@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from curation.checks.response import SKIPPED_EMPTY, is_blank, max_score_summary
 from curation.checks.spec import CheckContext, CheckOutput, CheckSpec, Finding, ScanRecord
-from curation.similarity.shingles import shingle_batch, word_counts
+from curation.similarity.shingles import shingle_batch
 
 
 class RepetitiveConfig(BaseModel):
@@ -43,9 +43,10 @@ def check_repetitive(records: Sequence[ScanRecord], ctx: CheckContext | None = N
     the maximum anywhere is 0.43); a degenerate loop is near 1.
     """
     config = ctx.config if ctx is not None and isinstance(ctx.config, RepetitiveConfig) else RepetitiveConfig()
-    responses = [r.response for r in records]
-    batch = shingle_batch(responses, config.ngram)
-    words = word_counts(responses)
+    batch = shingle_batch([r.response for r in records], config.ngram)
+    # a text of w >= ngram words has w - ngram + 1 n-grams (a shorter one 0 or 1), so "at least 2 * ngram words" is
+    # "at least ngram + 1 n-grams": no second pass to count the words
+    long_enough = batch.counts >= config.ngram + 1
     findings = []
     for i, rec in enumerate(records):
         if is_blank(rec.response):
@@ -54,7 +55,7 @@ def check_repetitive(records: Sequence[ScanRecord], ctx: CheckContext | None = N
         line_ratio = repeated_line_ratio(rec.response, config.min_line_chars)
         grams = batch.of(i)
         ngram_ratio = 0.0
-        if words[i] >= 2 * config.ngram:
+        if long_enough[i]:
             ngram_ratio = 1.0 - len(np.unique(grams)) / len(grams)
         score = round(max(line_ratio, ngram_ratio), 6)
         flagged = score >= config.threshold
